@@ -1,0 +1,162 @@
+"""The `mavera-gateway` command: parse arguments, then hand off to a typed function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from app.config import ConfigError, Settings, load_settings
+from app.ledger.backends import open_ledger
+from app.ledger.keys import KeyExists, create_key, list_keys, revoke_key
+from app.ledger.sqlite import SqliteLedger
+from app.reports import GROUPS, parse_time, render, summarize
+from app.runner import StartupRefused, serve, simulate
+from app.settings_view import effective_config_toml
+from app.simulator import SimScript
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="mavera-gateway", description="OpenAI-compatible gateway in front of the Mavera API."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_cmd = commands.add_parser("serve", help="run the gateway")
+    _config_option(serve_cmd)
+    serve_cmd.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve_cmd.add_argument("--port", type=int, help="port (default 8080)")
+    serve_cmd.add_argument(
+        "--simulate", action="store_true", help="use the built-in Mavera simulator"
+    )
+    serve_cmd.add_argument(
+        "--allow-open", action="store_true", help="allow a non-loopback bind with no client keys"
+    )
+    serve_cmd.add_argument("--log-format", choices=["text", "json"], help="log line format")
+
+    sim_cmd = commands.add_parser("simulate", help="run the Mavera simulator alone")
+    sim_cmd.add_argument("--host", default="127.0.0.1")
+    sim_cmd.add_argument("--port", type=int, default=8090)
+    sim_cmd.add_argument("--chunks", type=int, default=8, help="text deltas per stream")
+    sim_cmd.add_argument(
+        "--chunk-delay-ms", type=float, default=0.0, help="gap between stream events"
+    )
+    sim_cmd.add_argument(
+        "--first-byte-delay-ms", type=float, default=0.0, help="delay before answering"
+    )
+    sim_cmd.add_argument("--rpm", type=int, help="per-key rate limit (default: none)")
+    sim_cmd.add_argument("--credits", type=int, help="credit balance (default: unlimited)")
+
+    check_cmd = commands.add_parser("check-config", help="validate and print the effective config")
+    _config_option(check_cmd)
+
+    keys_cmd = commands.add_parser("keys", help="manage gateway keys")
+    keys_sub = keys_cmd.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key for a client (printed once)")
+    create.add_argument("name")
+    create.add_argument("--persona", help="the client's default persona_id")
+    create.add_argument("--budget", type=int, help="credit budget per period")
+    create.add_argument("--period", choices=["day", "week", "month", "total"], default="month")
+    create.add_argument("--rpm", type=int, help="requests per minute")
+    create.add_argument("--allow-persona-override", action="store_true", default=None)
+    _config_option(create)
+    listing = keys_sub.add_parser("list", help="list clients with keys (never the keys)")
+    _config_option(listing)
+    revoke = keys_sub.add_parser("revoke", help="revoke a client's key (effective within seconds)")
+    revoke.add_argument("name")
+    _config_option(revoke)
+
+    usage_cmd = commands.add_parser("usage", help="report credit usage from the ledger")
+    usage_cmd.add_argument("--since", default="24h", help="30m, 24h, 7d, or a date (default 24h)")
+    usage_cmd.add_argument("--until", help="end of the period (default now)")
+    usage_cmd.add_argument("--by", choices=list(GROUPS), default="client")
+    usage_cmd.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    _config_option(usage_cmd)
+    return parser
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML config file (default: $MAVERA_GATEWAY_CONFIG)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ConfigError, StartupRefused, KeyExists, ValueError) as exc:
+        print(f"mavera-gateway: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "simulate":
+        script = SimScript(
+            chunks=args.chunks,
+            chunk_delay_ms=args.chunk_delay_ms,
+            first_byte_delay_ms=args.first_byte_delay_ms,
+        )
+        simulate(args.host, args.port, script, rpm=args.rpm, credits=args.credits)
+        return 0
+    settings = load_settings(args.config, **_overrides(args))
+    if args.command == "serve":
+        serve(settings, simulate=args.simulate)
+    elif args.command == "check-config":
+        print(effective_config_toml(settings))
+    elif args.command == "keys":
+        return _keys(args, _ledger(settings))
+    elif args.command == "usage":
+        since = parse_time(args.since)
+        until = parse_time(args.until) if args.until else None
+        rows = summarize(_ledger(settings), since=since, until=until, by=args.by)
+        print(render(rows, args.format))
+    return 0
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    server = {
+        key: value
+        for key, value in (
+            ("host", getattr(args, "host", None)),
+            ("port", getattr(args, "port", None)),
+            ("allow_open", getattr(args, "allow_open", None) or None),
+            ("log_format", getattr(args, "log_format", None)),
+        )
+        if value is not None
+    }
+    return {"server": server} if server else {}
+
+
+def _ledger(settings: Settings) -> SqliteLedger:
+    ledger = open_ledger(settings.ledger.database_url)
+    ledger.open_sync()
+    return ledger
+
+
+def _keys(args: argparse.Namespace, ledger: SqliteLedger) -> int:
+    if args.keys_command == "create":
+        key = create_key(
+            ledger,
+            args.name,
+            persona_id=args.persona,
+            credit_budget=args.budget,
+            rpm=args.rpm,
+            budget_period=args.period,
+            allow_persona_override=args.allow_persona_override,
+        )
+        print(f"created key for client {args.name!r}; it is shown only this once:\n{key}")
+        return 0
+    if args.keys_command == "list":
+        rows = [row.public() for row in list_keys(ledger)]
+        print(render(rows, "table") if rows else "no keys yet: mavera-gateway keys create NAME")
+        return 0
+    if revoke_key(ledger, args.name):
+        print(
+            f"revoked the key of client {args.name!r}; "
+            "a running gateway stops accepting it within seconds"
+        )
+        return 0
+    print(f"mavera-gateway: no active key named {args.name!r}", file=sys.stderr)
+    return 1

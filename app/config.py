@@ -1,0 +1,220 @@
+"""Settings: one TOML file plus environment variables, validated once at start.
+
+Priority, highest first: constructor arguments (tests), the contract's short environment
+variables (`MAVERA_API_KEY`, `MAVERA_BASE_URL`, `MAVERA_GATEWAY_DATABASE_URL`, ...), then
+`MAVERA_GATEWAY_<SECTION>__<KEY>`, then the TOML file, then the defaults below.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_BASE_URL = "https://app.mavera.io/api/v1"
+DEFAULT_DATABASE_URL = "sqlite:///./mavera-gateway.db"
+
+# The contract's short variable names and where each lands in Settings.
+CONTRACT_ENV: dict[str, tuple[str, ...]] = {
+    "MAVERA_API_KEY": ("upstream", "api_key"),
+    "MAVERA_BASE_URL": ("upstream", "base_url"),
+    "MAVERA_GATEWAY_DATABASE_URL": ("ledger", "database_url"),
+    "MAVERA_GATEWAY_REDIS_URL": ("limits", "redis_url"),
+    "MAVERA_GATEWAY_ADMIN_KEY": ("admin", "key"),
+}
+
+_config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "mavera_gateway_config_file", default=None
+)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and where it came from."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    allow_open: bool = False
+    shutdown_grace_s: float = Field(30.0, ge=0)
+    log_format: Literal["text", "json"] = "text"
+
+
+class UpstreamSettings(_Section):
+    base_url: str = DEFAULT_BASE_URL
+    api_key: SecretStr | None = None
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10)
+    max_connections: int = Field(512, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class DefaultsSettings(_Section):
+    model: str = "mavera-1"
+    persona_id: str | None = None
+    require_persona: bool = True
+    allow_persona_override: bool = False
+    strict_models: bool = False
+
+
+class ModelAlias(BaseModel):
+    """A model name clients may ask for; extra keys are default request fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+    persona_id: str | None = None
+    model: str | None = None
+
+    def request_defaults(self) -> dict[str, Any]:
+        """Request fields (reasoning_effort, verbosity, ...) added when the client left them out."""
+        return dict(self.model_extra or {})
+
+
+class RouteSettings(_Section):
+    persona_id: str | None = None
+    model: str | None = None
+    allow_persona_override: bool | None = None
+
+
+class ClientSettings(_Section):
+    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    persona_id: str | None = None
+    allow_persona_override: bool | None = None
+    credit_budget: int | None = Field(None, ge=0)
+    budget_period: Literal["day", "week", "month", "total"] = "month"
+    rpm: int | None = Field(None, gt=0)
+
+
+class LedgerSettings(_Section):
+    database_url: str = DEFAULT_DATABASE_URL
+    flush_interval_ms: int = Field(200, gt=0)
+    batch_size: int = Field(500, gt=0)
+    max_buffer: int = Field(100_000, gt=0)
+
+
+class LimitsSettings(_Section):
+    redis_url: str | None = None
+
+
+class AdminSettings(_Section):
+    key: SecretStr | None = None
+
+
+class Settings(BaseSettings):
+    """The gateway's whole configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAVERA_GATEWAY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    server: ServerSettings = ServerSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    defaults: DefaultsSettings = DefaultsSettings()
+    models: dict[str, ModelAlias] = {}
+    routes: dict[str, RouteSettings] = {}
+    clients: dict[str, ClientSettings] = {}
+    ledger: LedgerSettings = LedgerSettings()
+    limits: LimitsSettings = LimitsSettings()
+    admin: AdminSettings = AdminSettings()
+
+    @field_validator("routes")
+    @classmethod
+    def _route_names(cls, routes: dict[str, RouteSettings]) -> dict[str, RouteSettings]:
+        reserved = {"v1", "admin", "healthz", "readyz", "metrics", "dashboard"}
+        for name in routes:
+            if name in reserved or not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"route name {name!r} must be alphanumeric and not {reserved}")
+        return routes
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            _ContractEnvSource(settings_cls),
+            env_settings,
+        ]
+        path = _config_file.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+class _ContractEnvSource(PydanticBaseSettingsSource):
+    """The short environment variable names the interface contract promises."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for variable, (section, key) in CONTRACT_ENV.items():
+            value = os.environ.get(variable)
+            if value:
+                found.setdefault(section, {})[key] = value
+        return found
+
+
+def config_path_from_env(explicit: str | Path | None) -> Path | None:
+    """The config file to read: the explicit path, else `MAVERA_GATEWAY_CONFIG`, else none."""
+    chosen = explicit or os.environ.get("MAVERA_GATEWAY_CONFIG")
+    return Path(chosen) if chosen else None
+
+
+def load_settings(config_path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from the file, the environment and `overrides`; raise ConfigError if bad."""
+    path = config_path_from_env(config_path)
+    where = f"config file {path}" if path else "configuration"
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    token = _config_file.set(path)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, where)) from None
+    finally:
+        _config_file.reset(token)
+
+
+def _describe(exc: ValidationError, where: str) -> str:
+    lines = [f"invalid {where} (or MAVERA_GATEWAY_* environment):"]
+    for error in exc.errors(include_url=False, include_input=False):
+        key = ".".join(str(part) for part in error["loc"])
+        lines.append(f"  {key}: {error['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,143 @@
+"""Errors the gateway itself produces, and the one renderer for the OpenAI error shape.
+
+GatewayError                      any error answered by the gateway, not the upstream
+├── InvalidApiKey                 401 invalid_api_key: no or unknown gateway key
+├── InvalidRequest                400 invalid_request_error: body not JSON / not an object
+│   └── BodyTooLarge              413
+├── PersonaRequired               400 persona_required
+├── PersonaOverrideForbidden      403 persona_override_forbidden
+├── ModelNotFound                 404 model_not_found (strict_models only)
+├── RouteNotFound                 404 route_not_found: /NAME/v1/... with no such route
+├── BudgetExceeded                402 budget_exceeded
+├── RateLimited                   429 rate_limit_exceeded (+ Retry-After)
+├── UpstreamAuthFailed            502 upstream_auth_failed: Mavera refused *our* key
+├── UpstreamUnavailable           502 upstream_unavailable: unreachable or 5xx after retries
+├── UpstreamTimeout               504 upstream_timeout
+
+Upstream 4xx errors other than 401 are not GatewayErrors: they pass through as they came.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import orjson
+from starlette.responses import Response
+
+from app.ledger.records import Outcome
+
+
+class GatewayError(Exception):
+    """An error answered by the gateway in the OpenAI error shape."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str] = "internal_error"
+    # how the ledger classifies a request that ended with this error
+    outcome: ClassVar[Outcome] = "upstream_error"
+
+    def __init__(
+        self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        """The JSON error body."""
+        return error_body(self.message, self.type, self.code, self.param)
+
+    def response(self, extra_headers: dict[str, str] | None = None) -> Response:
+        """The HTTP response that tells the client what went wrong."""
+        headers = {**self.headers, **(extra_headers or {})}
+        return Response(self.body(), self.status, headers, media_type="application/json")
+
+
+def error_body(message: str, type_: str, code: str, param: str | None = None) -> bytes:
+    """Serialize an error in the shape OpenAI SDKs parse."""
+    return orjson.dumps(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    )
+
+
+class InvalidApiKey(GatewayError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+    outcome = "rejected"
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request_error"
+    outcome = "client_error"
+
+
+class BodyTooLarge(InvalidRequest):
+    status = 413
+
+
+class PersonaRequired(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = "persona_required"
+    outcome = "client_error"
+
+
+class PersonaOverrideForbidden(GatewayError):
+    status = 403
+    type = "permission_error"
+    code = "persona_override_forbidden"
+    outcome = "client_error"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+    outcome = "client_error"
+
+
+class RouteNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "route_not_found"
+    outcome = "client_error"
+
+
+class BudgetExceeded(GatewayError):
+    status = 402
+    type = "insufficient_credits"
+    code = "budget_exceeded"
+    outcome = "rejected"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    outcome = "rejected"
+
+
+class UpstreamAuthFailed(GatewayError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_auth_failed"
+
+
+class UpstreamUnavailable(GatewayError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    type = "upstream_error"
+    code = "upstream_timeout"
+
+
+class InternalError(GatewayError):
+    outcome = "upstream_error"

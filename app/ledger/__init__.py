@@ -1,0 +1,1 @@
+"""The usage ledger: records, storage backends, and the batched writer."""

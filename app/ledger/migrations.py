@@ -1,0 +1,57 @@
+"""Ordered, named schema migrations; each applied once and recorded in `schema_migrations`.
+
+The SQL is written to run on both SQLite and PostgreSQL. Never edit a released migration:
+add the next one.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "0001_usage_records",
+        (
+            """CREATE TABLE usage_records (
+                id TEXT PRIMARY KEY,
+                request_id TEXT NOT NULL,
+                received_at DOUBLE PRECISION NOT NULL,
+                first_byte_at DOUBLE PRECISION,
+                finished_at DOUBLE PRECISION,
+                client TEXT NOT NULL,
+                end_user TEXT,
+                route TEXT,
+                endpoint TEXT NOT NULL,
+                requested_model TEXT,
+                upstream_model TEXT,
+                persona_id TEXT,
+                stream BOOLEAN NOT NULL,
+                status INTEGER NOT NULL,
+                outcome TEXT NOT NULL,
+                credits_used NUMERIC,
+                input_tokens INTEGER,
+                output_tokens INTEGER,
+                latency_ms DOUBLE PRECISION,
+                ttfb_ms DOUBLE PRECISION,
+                upstream_request_id TEXT,
+                error_code TEXT
+            )""",
+            "CREATE INDEX usage_records_received ON usage_records (received_at)",
+            "CREATE INDEX usage_records_client ON usage_records (client, received_at)",
+        ),
+    ),
+    (
+        "0002_gateway_keys",
+        (
+            """CREATE TABLE gateway_keys (
+                name TEXT PRIMARY KEY,
+                key_sha256 TEXT NOT NULL UNIQUE,
+                persona_id TEXT,
+                allow_persona_override BOOLEAN,
+                credit_budget INTEGER,
+                budget_period TEXT NOT NULL,
+                rpm INTEGER,
+                created_at DOUBLE PRECISION NOT NULL,
+                revoked_at DOUBLE PRECISION
+            )""",
+        ),
+    ),
+)

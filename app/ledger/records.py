@@ -1,0 +1,97 @@
+"""The usage record: one per request that reached the gateway, and the ledger interface."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+Outcome = Literal["ok", "client_error", "upstream_error", "client_disconnected", "rejected"]
+OUTCOMES: tuple[Outcome, ...] = (
+    "ok",
+    "client_error",
+    "upstream_error",
+    "client_disconnected",
+    "rejected",
+)
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    """Everything the ledger keeps about one request. Never message content, never keys."""
+
+    endpoint: str
+    client: str
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    request_id: str = ""
+    received_at: float = field(default_factory=time.time)
+    first_byte_at: float | None = None
+    finished_at: float | None = None
+    end_user: str | None = None
+    route: str | None = None
+    requested_model: str | None = None
+    upstream_model: str | None = None
+    persona_id: str | None = None
+    stream: bool = False
+    status: int = 0
+    outcome: Outcome = "ok"
+    credits_used: int | float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    latency_ms: float | None = None
+    ttfb_ms: float | None = None
+    upstream_request_id: str | None = None
+    error_code: str | None = None
+    # monotonic start, for latency; not stored
+    started: float = field(default_factory=time.perf_counter, repr=False)
+
+    def mark_first_byte(self) -> None:
+        """Note that the first byte of the answer is going to the client now."""
+        if self.first_byte_at is None:
+            self.first_byte_at = time.time()
+            self.ttfb_ms = (time.perf_counter() - self.started) * 1000
+
+    def finish(self, status: int, outcome: Outcome, error_code: str | None = None) -> None:
+        """Close the record with how the request ended."""
+        self.status = status
+        self.outcome = outcome
+        self.error_code = error_code
+        self.finished_at = time.time()
+        self.latency_ms = (time.perf_counter() - self.started) * 1000
+
+    def row(self) -> dict[str, Any]:
+        """The stored columns."""
+        values = asdict(self)
+        del values["started"]
+        return values
+
+
+COLUMNS: tuple[str, ...] = tuple(
+    name for name in UsageRecord.__dataclass_fields__ if name != "started"
+)
+
+
+def outcome_for_status(status: int) -> Outcome:
+    """The outcome of a request that ended with an HTTP status from upstream or gateway."""
+    if status < 400:
+        return "ok"
+    if status >= 500:
+        return "upstream_error"
+    return "client_error"
+
+
+class Ledger(Protocol):
+    """Durable storage of usage records."""
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date."""
+
+    async def write(self, records: list[UsageRecord]) -> None:
+        """Store a batch; idempotent on record id, so a retried batch never double-counts."""
+
+    async def ping(self) -> bool:
+        """Whether the storage answers now."""
+
+    async def close(self) -> None:
+        """Release connections."""

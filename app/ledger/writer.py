@@ -1,0 +1,126 @@
+"""Gets usage records off the request path and into the ledger, in batches.
+
+`submit` only appends to an in-memory buffer. A background task writes a batch when it is full
+or when the flush interval passes. A failed batch stays at the front of the buffer and is retried
+with backoff, so a database outage delays records but loses none, until the buffer is full:
+then the oldest records are dropped, counted, logged loudly, and `/readyz` reports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+
+from app.ledger.records import Ledger, UsageRecord
+from app.metrics import Metrics
+
+logger = logging.getLogger("mavera_gateway.ledger")
+
+RETRY_MIN_S = 0.2
+RETRY_MAX_S = 5.0
+
+
+class LedgerWriter:
+    """A bounded buffer of records and the task that drains it into a Ledger."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        metrics: Metrics,
+        *,
+        batch_size: int,
+        flush_interval_s: float,
+        max_buffer: int,
+    ) -> None:
+        self.ledger = ledger
+        self.metrics = metrics
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.max_buffer = max_buffer
+        self._buffer: deque[UsageRecord] = deque()
+        self._in_flight = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+        self.failing_since: float | None = None
+        metrics.track_queue(self.depth)
+
+    def depth(self) -> int:
+        """Records waiting to be written."""
+        return len(self._buffer) + self._in_flight
+
+    @property
+    def healthy(self) -> bool:
+        """False while writes fail or after records were dropped."""
+        return self.failing_since is None and self.dropped == 0
+
+    def submit(self, record: UsageRecord) -> None:
+        """Queue one finished record. Never blocks, never raises."""
+        if self.depth() >= self.max_buffer and self._buffer:
+            self._buffer.popleft()
+            self.dropped += 1
+            self.metrics.dropped.inc()
+            logger.error(
+                "LEDGER BUFFER FULL (%d records): dropped the oldest record; %d dropped so far. "
+                "The ledger database has been failing; fix it to stop losing usage records.",
+                self.max_buffer,
+                self.dropped,
+            )
+        self._buffer.append(record)
+        if len(self._buffer) >= self.batch_size:
+            self._wake.set()
+
+    def start(self) -> None:
+        """Start the background drain."""
+        self._task = asyncio.create_task(self._run(), name="ledger-writer")
+
+    async def _run(self) -> None:
+        delay = RETRY_MIN_S
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            while self._buffer:
+                if await self._write_batch():
+                    delay = RETRY_MIN_S
+                    continue
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _write_batch(self) -> bool:
+        batch = [self._buffer.popleft() for _ in range(min(self.batch_size, len(self._buffer)))]
+        self._in_flight = len(batch)
+        try:
+            await self.ledger.write(batch)
+        except Exception as exc:  # any storage failure: keep the records and retry later
+            self._buffer.extendleft(reversed(batch))
+            self.metrics.write_failures.inc()
+            if self.failing_since is None:
+                self.failing_since = time.time()
+            logger.error("ledger write failed (%d records kept for retry): %s", self.depth(), exc)
+            return False
+        finally:
+            self._in_flight = 0
+        if self.failing_since is not None:
+            logger.warning("ledger writes recovered after %.1f s", time.time() - self.failing_since)
+            self.failing_since = None
+        return True
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the drain and write what is left, retrying for up to `timeout_s`."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        deadline = time.monotonic() + timeout_s
+        while self._buffer:
+            if not await self._write_batch():
+                if time.monotonic() > deadline:
+                    logger.error(
+                        "shutting down with %d unwritten ledger records", len(self._buffer)
+                    )
+                    return
+                await asyncio.sleep(RETRY_MIN_S)

@@ -1,0 +1,98 @@
+"""Prometheus metrics for one gateway: requests, credits, latency, streams, ledger health.
+
+Labels are client names, endpoints and outcomes only: never a key, a persona prompt or content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from app.ledger.records import UsageRecord
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    """The gateway's metric families, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ("client", "endpoint", "outcome")
+        self.requests = Counter(
+            "mavera_gateway_requests", "Requests finished", labels, registry=self.registry
+        )
+        self.credits = Counter(
+            "mavera_gateway_credits",
+            "Credits reported by Mavera",
+            ("client", "endpoint"),
+            registry=self.registry,
+        )
+        self.unknown_credits = Counter(
+            "mavera_gateway_requests_unknown_credits",
+            "Generation requests whose cost Mavera did not report",
+            ("client", "endpoint"),
+            registry=self.registry,
+        )
+        self.streams = Counter(
+            "mavera_gateway_streams", "Streamed requests finished", labels, registry=self.registry
+        )
+        self.latency = Histogram(
+            "mavera_gateway_request_seconds",
+            "Time from request to last byte",
+            ("endpoint",),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttfb = Histogram(
+            "mavera_gateway_first_byte_seconds",
+            "Time from request to first byte",
+            ("endpoint",),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.write_failures = Counter(
+            "mavera_gateway_ledger_write_failures",
+            "Failed ledger batch writes",
+            registry=self.registry,
+        )
+        self.dropped = Counter(
+            "mavera_gateway_ledger_dropped_records",
+            "Records dropped because the buffer was full",
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "mavera_gateway_ledger_queue_depth",
+            "Records waiting to be written",
+            registry=self.registry,
+        )
+
+    def track_queue(self, depth: Callable[[], int]) -> None:
+        """Report the ledger queue depth at scrape time."""
+        self.queue_depth.set_function(lambda: float(depth()))
+
+    def observe(self, record: UsageRecord) -> None:
+        """Count one finished request."""
+        self.requests.labels(record.client, record.endpoint, record.outcome).inc()
+        if record.stream:
+            self.streams.labels(record.client, record.endpoint, record.outcome).inc()
+        if record.credits_used is not None:
+            self.credits.labels(record.client, record.endpoint).inc(record.credits_used)
+        elif record.outcome in (
+            "ok",
+            "client_disconnected",
+            "upstream_error",
+        ) and record.endpoint in (
+            "chat.completions",
+            "responses",
+        ):
+            self.unknown_credits.labels(record.client, record.endpoint).inc()
+        if record.latency_ms is not None:
+            self.latency.labels(record.endpoint).observe(record.latency_ms / 1000)
+        if record.ttfb_ms is not None:
+            self.ttfb.labels(record.endpoint).observe(record.ttfb_ms / 1000)
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

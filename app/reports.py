@@ -1,0 +1,181 @@
+"""Usage reports from the ledger: grouped totals for the CLI and the admin API.
+
+Credits are summed only where Mavera reported them; requests whose cost is unknown are counted
+separately, never as zero.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import statistics
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from app.ledger.records import COLUMNS
+
+GROUPS = {
+    "client": "client",
+    "persona": "persona_id",
+    "model": "COALESCE(requested_model, upstream_model)",
+    "route": "route",
+    "endpoint": "endpoint",
+    "day": "received_at",
+}
+GENERATION_ENDPOINTS = ("chat.completions", "responses")
+_RELATIVE = re.compile(r"^(\d+)([mhdw])$")
+_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class Queryable(Protocol):
+    """A ledger that answers read queries written with `?` placeholders."""
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+
+def parse_time(text: str, now: float | None = None) -> float:
+    """Unix time for `24h`, `7d`, `30m`, `2w` ago, or an ISO date/datetime (UTC if no zone)."""
+    now = time.time() if now is None else now
+    relative = _RELATIVE.match(text.strip())
+    if relative:
+        return now - int(relative.group(1)) * _UNITS[relative.group(2)]
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"cannot read time {text!r}: use 30m, 24h, 7d, 2w or a date like 2026-11-01"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def summarize(
+    ledger: Queryable, *, since: float, until: float | None = None, by: str = "client"
+) -> list[dict[str, Any]]:
+    """Per group: requests, errors, known credits, unknown-credit requests, tokens, p50/p95."""
+    if by not in GROUPS:
+        raise ValueError(f"cannot group by {by!r}: choose one of {', '.join(GROUPS)}")
+    sql = (
+        f"SELECT {GROUPS[by]}, outcome, endpoint, credits_used, input_tokens, output_tokens, "
+        "latency_ms FROM usage_records WHERE received_at >= ? AND received_at < ?"
+    )
+    rows = ledger.query(sql, (since, until if until is not None else time.time() + 86400))
+    groups: dict[str, list[tuple[Any, ...]]] = {}
+    for row in rows:
+        key = _group_key(by, row[0])
+        groups.setdefault(key, []).append(row)
+    return [_totals(by, key, members) for key, members in sorted(groups.items())]
+
+
+def _group_key(by: str, value: Any) -> str:
+    if by == "day":
+        return datetime.fromtimestamp(float(value), UTC).strftime("%Y-%m-%d")
+    return "-" if value is None else str(value)
+
+
+def _totals(by: str, key: str, rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+    latencies = sorted(float(r[6]) for r in rows if r[6] is not None)
+    known = [r[3] for r in rows if r[3] is not None]
+    credits = sum(_exact(c) for c in known)
+    return {
+        by: key,
+        "requests": len(rows),
+        "errors": sum(1 for r in rows if r[1] != "ok"),
+        "credits": credits,
+        "unknown_credits": sum(
+            1
+            for r in rows
+            if r[3] is None
+            and r[2] in GENERATION_ENDPOINTS
+            and r[1] not in ("rejected", "client_error")
+        ),
+        "input_tokens": sum(r[4] or 0 for r in rows),
+        "output_tokens": sum(r[5] or 0 for r in rows),
+        "p50_ms": _percentile(latencies, 50),
+        "p95_ms": _percentile(latencies, 95),
+    }
+
+
+def _exact(value: Any) -> int | float:
+    number = float(value)
+    return int(number) if number.is_integer() else number
+
+
+def _percentile(ordered: list[float], pct: int) -> float | None:
+    if not ordered:
+        return None
+    if len(ordered) == 1:
+        return round(ordered[0], 2)
+    return round(statistics.quantiles(ordered, n=100, method="inclusive")[pct - 1], 2)
+
+
+def fetch_records(
+    ledger: Queryable,
+    *,
+    since: float,
+    client: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """Raw records, newest first, for the admin API."""
+    sql = f"SELECT {', '.join(COLUMNS)} FROM usage_records WHERE received_at >= ?"
+    params: list[Any] = [since]
+    if client is not None:
+        sql += " AND client = ?"
+        params.append(client)
+    sql += " ORDER BY received_at DESC, id LIMIT ? OFFSET ?"
+    params += [limit, offset]
+    records = [dict(zip(COLUMNS, row, strict=True)) for row in ledger.query(sql, params)]
+    for record in records:
+        record["stream"] = bool(record["stream"])
+        if record["credits_used"] is not None:
+            record["credits_used"] = _exact(record["credits_used"])
+    return records
+
+
+def render(rows: list[dict[str, Any]], fmt: str) -> str:
+    """The report as an aligned table, JSON, or CSV."""
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    if fmt == "csv":
+        out = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+        return out.getvalue()
+    if fmt != "table":
+        raise ValueError(f"unknown format {fmt!r}: use table, json or csv")
+    return _table(rows)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no requests in this period"
+    headers = list(rows[0])
+    cells = [[_cell(row[h]) for h in headers] for row in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    lines = [_line(headers, widths), _line(["-" * w for w in widths], widths)]
+    lines += [_line(c, widths) for c in cells]
+    return "\n".join(lines)
+
+
+def _line(values: Iterable[str], widths: list[int]) -> str:
+    parts = [
+        v.ljust(w) if i == 0 else v.rjust(w)
+        for i, (v, w) in enumerate(zip(values, widths, strict=True))
+    ]
+    return "  ".join(parts).rstrip()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)

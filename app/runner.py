@@ -1,0 +1,124 @@
+"""Start the gateway (optionally with the built-in simulator) or the simulator alone."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+
+import uvicorn
+from pydantic import SecretStr
+
+from app.background import BackgroundServer
+from app.config import Settings
+from app.ledger.backends import open_ledger
+from app.ledger.keys import list_keys
+from app.logs import configure_logging
+from app.server import create_app
+from app.simulator import SimScript, Simulator, persona_ids
+
+logger = logging.getLogger("mavera_gateway")
+
+SIMULATOR_KEY = "mvra_live_built_in_simulator_key_0000"
+
+
+class StartupRefused(Exception):
+    """Starting as configured would be unsafe or cannot work; the message says what to do."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+        except (OSError, ValueError):
+            return False
+
+
+def stored_key_count(settings: Settings) -> int:
+    """Active gateway keys: configured ones plus those created with `keys create`."""
+    ledger = open_ledger(settings.ledger.database_url)
+    ledger.open_sync()
+    try:
+        return len(settings.clients) + len(list_keys(ledger, include_revoked=False))
+    finally:
+        ledger.close_sync()
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse an open (keyless) gateway on a non-loopback address unless explicitly allowed."""
+    host = settings.server.host
+    if is_loopback(host) or settings.server.allow_open or stored_key_count(settings):
+        return
+    raise StartupRefused(
+        f"refusing to serve {host} with no client keys: anyone who can reach it would spend "
+        "your Mavera credits. Create a key (mavera-gateway keys create NAME), bind to "
+        "127.0.0.1, or pass --allow-open if the network is private."
+    )
+
+
+def with_simulator(settings: Settings, simulator_url: str) -> Settings:
+    """Settings pointed at a running simulator, with a persona default if none is set."""
+    upstream = settings.upstream.model_copy(
+        update={"base_url": simulator_url + "/api/v1", "api_key": SecretStr(SIMULATOR_KEY)}
+    )
+    defaults = settings.defaults
+    if defaults.persona_id is None:
+        defaults = defaults.model_copy(update={"persona_id": persona_ids()[0]})
+    return settings.model_copy(update={"upstream": upstream, "defaults": defaults})
+
+
+def serve(settings: Settings, *, simulate: bool = False) -> None:
+    """Run the gateway in the foreground until SIGINT/SIGTERM, then drain and flush."""
+    api_key = settings.upstream.api_key
+    configure_logging(settings.server.log_format, (api_key.get_secret_value(),) if api_key else ())
+    check_exposure(settings)
+    simulator: BackgroundServer | None = None
+    if simulate:
+        simulator = BackgroundServer(Simulator().app).start()
+        settings = with_simulator(settings, simulator.url)
+        logger.info("simulate mode: upstream is the built-in Mavera simulator at %s", simulator.url)
+    elif api_key is None:
+        raise StartupRefused(
+            "MAVERA_API_KEY is not set: export your Mavera key, or try the gateway with --simulate"
+        )
+    host, port = settings.server.host, settings.server.port
+    logger.info(
+        "mavera-gateway on http://%s:%d/v1 -> %s (default persona: %s)",
+        host,
+        port,
+        settings.upstream.base_url,
+        settings.defaults.persona_id or "none",
+    )
+    try:
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_config=None,
+            timeout_graceful_shutdown=int(settings.server.shutdown_grace_s),
+            timeout_keep_alive=75,
+        )
+    finally:
+        if simulator is not None:
+            simulator.stop()
+
+
+def simulate(
+    host: str, port: int, script: SimScript, *, rpm: int | None = None, credits: int | None = None
+) -> None:
+    """Run the Mavera simulator alone, as a server."""
+    configure_logging("text")
+    sim = Simulator(script=script, rpm=rpm, credits=credits)
+    logger.info(
+        "Mavera simulator on http://%s:%d/api/v1 (any mvra_live_ key of 32+ chars)", host, port
+    )
+    uvicorn.run(sim.app, host=host, port=port, access_log=False, log_config=None)

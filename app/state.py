@@ -1,0 +1,77 @@
+"""What one running gateway holds: settings, upstream pool, keys, limits, ledger writer."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from starlette.requests import Request
+
+from app.auth import KeyStore
+from app.config import Settings
+from app.errors import RouteNotFound
+from app.ledger.records import UsageRecord
+from app.ledger.sqlite import SqliteLedger
+from app.ledger.writer import LedgerWriter
+from app.limits import Limits
+from app.metrics import Metrics
+from app.upstream import Upstream
+
+logger = logging.getLogger("mavera_gateway.requests")
+
+PERSONAS_CACHE_TTL_S = 30.0
+
+
+@dataclass
+class TtlCache:
+    """A tiny time-limited cache for upstream answers that cost nothing and change rarely."""
+
+    ttl_s: float = PERSONAS_CACHE_TTL_S
+    entries: dict[str, tuple[float, bytes]] = field(default_factory=dict)
+
+    def get(self, key: str) -> bytes | None:
+        """The cached value, if it is still fresh."""
+        found = self.entries.get(key)
+        if found is None or time.monotonic() - found[0] > self.ttl_s:
+            return None
+        return found[1]
+
+    def put(self, key: str, value: bytes) -> None:
+        """Remember a value from now on."""
+        if len(self.entries) > 256:
+            self.entries.clear()
+        self.entries[key] = (time.monotonic(), value)
+
+
+@dataclass
+class Gateway:
+    """The gateway's live resources, created in the lifespan and reached via app.state."""
+
+    settings: Settings
+    upstream: Upstream
+    keys: KeyStore
+    limits: Limits
+    writer: LedgerWriter
+    metrics: Metrics
+    ledger: SqliteLedger
+    personas_cache: TtlCache = field(default_factory=TtlCache)
+
+    def route_of(self, request: Request) -> str | None:
+        """The configured route a request came in under, if any."""
+        route = request.path_params.get("route")
+        if route is None:
+            return None
+        if route not in self.settings.routes:
+            known = ", ".join(sorted(self.settings.routes)) or "none configured"
+            raise RouteNotFound(f"no route {route!r} on this gateway (routes: {known})")
+        return str(route)
+
+    def finish(self, record: UsageRecord) -> None:
+        """Account for a finished request: ledger, budget, metrics, and one log line."""
+        if record.credits_used:
+            self.limits.charge(record.client, record.credits_used)
+        self.writer.submit(record)
+        self.metrics.observe(record)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("request", extra={"record": record})

@@ -1,0 +1,96 @@
+"""Read credits and token counts out of Mavera responses and stream events. Pure functions.
+
+Chat bodies count tokens as prompt/completion, Responses bodies as input/output; both carry
+`usage.credits_used`. Absent numbers stay None: "unknown" is never written down as 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from app.sse import SSEEvent
+
+CHAT = "chat.completions"
+RESPONSES = "responses"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What one request cost, as far as the upstream told us."""
+
+    credits_used: int | float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+def usage_from_object(usage: Any) -> Usage | None:
+    """Usage from a `usage` object of either format; None if it is not one."""
+    if not isinstance(usage, dict):
+        return None
+    return Usage(
+        credits_used=_number(usage.get("credits_used")),
+        input_tokens=_integer(usage.get("input_tokens", usage.get("prompt_tokens"))),
+        output_tokens=_integer(usage.get("output_tokens", usage.get("completion_tokens"))),
+    )
+
+
+def usage_from_body(body: bytes) -> Usage | None:
+    """Usage from a non-streamed response body (chat or responses)."""
+    if b'"usage"' not in body:
+        return None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return usage_from_object(parsed.get("usage")) if isinstance(parsed, dict) else None
+
+
+def usage_from_event(endpoint: str, event: SSEEvent) -> tuple[Usage | None, bool]:
+    """Usage carried by one stream event, and whether the event is a usage-only chat chunk.
+
+    A usage-only chunk (`choices: []` plus `usage`) is the one the upstream adds for
+    `stream_options.include_usage`; the relay drops it when the gateway, not the client, asked.
+    """
+    data = event.data
+    if data is None or '"usage"' not in data:
+        return None, False
+    if endpoint == RESPONSES and event.event not in (None, "response.completed"):
+        return None, False
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None, False
+    if not isinstance(parsed, dict):
+        return None, False
+    if endpoint == RESPONSES:
+        response = parsed.get("response")
+        if parsed.get("type") != "response.completed" or not isinstance(response, dict):
+            return None, False
+        return usage_from_object(response.get("usage")), False
+    usage = usage_from_object(parsed.get("usage"))
+    return usage, usage is not None and parsed.get("choices") == []
+
+
+def _number(value: Any) -> int | float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value
+
+
+def _integer(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def ask_for_stream_usage(body: dict[str, Any]) -> bool:
+    """Make a chat stream request carry usage; True when the client had not asked for it itself."""
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return False
+    body["stream_options"] = {
+        **(options if isinstance(options, dict) else {}),
+        "include_usage": True,
+    }
+    return True
