@@ -44,13 +44,21 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
     watcher = asyncio.ensure_future(wait_for_disconnect(receive))
     try:
         await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not task.done():
-            task.cancel()
+    except BaseException:
+        task.cancel()
         watcher.cancel()
-    if task.cancelled():
-        raise ClientGone()
-    return task.result()
+        raise
+    watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.wait((task,))  # let it unwind: that closes the upstream connection
+    if not task.cancelled() and task.exception() is None:
+        # it finished just as the client left: release what it opened
+        close = getattr(task.result(), "aclose", None)
+        if close is not None:
+            await close()
+    raise ClientGone()
 
 
 class StreamRelay(Response):

@@ -1,0 +1,155 @@
+"""Shared fixtures: a clean environment, the simulator and the gateway on real loopback sockets,
+and a watch on every log line for the Mavera key."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from app.background import BackgroundServer
+from app.config import Settings
+from app.server import create_app
+from app.simulator import Simulator, persona_ids
+from app.state import Gateway
+
+# Long and distinctive, so finding it anywhere it should not be is unambiguous.
+UPSTREAM_KEY = "mvra_live_TESTKEY_do_not_leak_7f3a9c2e51b04d68"
+PERSONAS = persona_ids()
+DEFAULT_PERSONA = PERSONAS[0]
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never see the developer's MAVERA_* settings."""
+    for name in list(os.environ):
+        if name.startswith("MAVERA_"):
+            monkeypatch.delenv(name)
+
+
+class _LogCollector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info:
+            text += logging.Formatter().formatException(record.exc_info)
+        extra = getattr(record, "record", None)
+        if extra is not None:
+            text += repr(extra)
+        self.lines.append(text)
+
+
+@pytest.fixture(autouse=True)
+def no_key_in_logs() -> Iterator[_LogCollector]:
+    """Every log line of every test, at every level, is checked for the Mavera key."""
+    collector = _LogCollector()
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(collector)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield collector
+    finally:
+        root.removeHandler(collector)
+        root.setLevel(previous)
+    leaked = [line for line in collector.lines if UPSTREAM_KEY in line]
+    assert not leaked, f"the Mavera key appeared in {len(leaked)} log line(s): {leaked[:1]}"
+
+
+@pytest.fixture
+def simulator() -> Iterator[tuple[Simulator, str]]:
+    """The Mavera simulator on a loopback socket, accepting only UPSTREAM_KEY."""
+    sim = Simulator(api_keys={UPSTREAM_KEY})
+    with BackgroundServer(sim.app) as server:
+        yield sim, server.url
+
+
+@dataclass
+class RunningGateway:
+    """A gateway served on a loopback socket, with the simulator behind it."""
+
+    url: str
+    settings: Settings
+    sim: Simulator
+    server: BackgroundServer
+
+    @property
+    def state(self) -> Gateway:
+        """The live gateway resources (ledger writer, keys, metrics)."""
+        gateway: Gateway = self.server.server.config.app.state.gateway
+        return gateway
+
+    def client(self, key: str = "no-key-needed", **options: Any) -> openai.OpenAI:
+        """An OpenAI SDK client pointed at this gateway."""
+        options.setdefault("max_retries", 0)
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, **options)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Ledger rows, once everything queued has been written."""
+        self.flush()
+        ledger = self.state.ledger
+        from app.ledger.records import COLUMNS
+
+        rows = ledger.query(f"SELECT {', '.join(COLUMNS)} FROM usage_records ORDER BY received_at")
+        return [dict(zip(COLUMNS, row, strict=True)) for row in rows]
+
+    def flush(self, timeout_s: float = 5.0) -> None:
+        """Wait until the ledger writer has nothing queued."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while self.state.writer.depth() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self.state.writer.depth() == 0, "ledger writer did not drain"
+
+
+GatewayFactory = Callable[..., RunningGateway]
+
+
+def gateway_settings(sim_url: str, tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings for a test gateway in front of the simulator at `sim_url`."""
+    sections: dict[str, Any] = {
+        "upstream": {"base_url": sim_url + "/api/v1", "api_key": UPSTREAM_KEY, "max_retries": 2},
+        "defaults": {"persona_id": DEFAULT_PERSONA},
+        "ledger": {"database_url": f"sqlite:///{tmp_path / 'ledger.db'}", "flush_interval_ms": 20},
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(sections.get(section), dict):
+            sections[section] = {**sections[section], **values}
+        else:
+            sections[section] = values
+    return Settings(**sections)
+
+
+@pytest.fixture
+def make_gateway(
+    simulator: tuple[Simulator, str], tmp_path: Path
+) -> Iterator[GatewayFactory]:
+    """Start gateways (settings sections as keyword overrides) in front of the simulator."""
+    sim, sim_url = simulator
+    started: list[BackgroundServer] = []
+
+    def start(**overrides: Any) -> RunningGateway:
+        settings = gateway_settings(sim_url, tmp_path, **overrides)
+        server = BackgroundServer(create_app(settings)).start()
+        started.append(server)
+        return RunningGateway(server.url, settings, sim, server)
+
+    yield start
+    for server in reversed(started):
+        server.stop()
+
+
+@pytest.fixture
+def gateway(make_gateway: GatewayFactory) -> RunningGateway:
+    """A gateway with default settings: local mode, one default persona."""
+    return make_gateway()
