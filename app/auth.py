@@ -46,11 +46,14 @@ class KeyStore:
     def __init__(self, configured: Mapping[str, ClientSettings]) -> None:
         self._configured = {s.key_sha256: client_from_settings(n, s) for n, s in configured.items()}
         self._by_digest = dict(self._configured)
+        # Once any key has existed, stay closed: revoking the last key must not turn a gateway
+        # that required keys (perhaps on a public address) into an open proxy until restart.
+        self._keyed = bool(self._by_digest)
 
     @property
     def open_mode(self) -> bool:
-        """True when no keys exist: every caller is the local client."""
-        return not self._by_digest
+        """True while no key has ever existed: every caller is the local client."""
+        return not self._keyed
 
     def clients(self) -> list[Client]:
         """Every client that has a key now."""
@@ -61,10 +64,11 @@ class KeyStore:
         merged = dict(self._configured)
         merged.update(stored)
         self._by_digest = merged
+        self._keyed = self._keyed or bool(merged)
 
     def authenticate(self, headers: Mapping[str, str]) -> Client:
         """The calling client, or InvalidApiKey."""
-        if not self._by_digest:
+        if not self._keyed:
             return LOCAL_CLIENT
         scheme, _, token = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():

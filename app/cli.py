@@ -89,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, StartupRefused, KeyExists, ValueError) as exc:
         print(f"mavera-gateway: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        return 0
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -113,6 +113,13 @@ class LedgerSettings(_Section):
     batch_size: int = Field(500, gt=0)
     max_buffer: int = Field(100_000, gt=0)
 
+    @field_validator("database_url")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        if not value.startswith("sqlite:///"):
+            raise ValueError("this version stores the ledger in SQLite: use sqlite:///path/file.db")
+        return value
+
 
 class LimitsSettings(_Section):
     redis_url: str | None = None

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from app.ledger.records import UsageRecord
+from app.ledger.records import UsageRecord, cost_unknown
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -79,14 +79,7 @@ class Metrics:
             self.streams.labels(record.client, record.endpoint, record.outcome).inc()
         if record.credits_used is not None:
             self.credits.labels(record.client, record.endpoint).inc(record.credits_used)
-        elif record.outcome in (
-            "ok",
-            "client_disconnected",
-            "upstream_error",
-        ) and record.endpoint in (
-            "chat.completions",
-            "responses",
-        ):
+        elif cost_unknown(record.endpoint, record.status, record.outcome, record.credits_used):
             self.unknown_credits.labels(record.client, record.endpoint).inc()
         if record.latency_ms is not None:
             self.latency.labels(record.endpoint).observe(record.latency_ms / 1000)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from app.ledger.records import COLUMNS
+from app.ledger.records import COLUMNS, cost_unknown
 
 GROUPS = {
     "client": "client",
@@ -26,7 +26,6 @@ GROUPS = {
     "endpoint": "endpoint",
     "day": "received_at",
 }
-GENERATION_ENDPOINTS = ("chat.completions", "responses")
 _RELATIVE = re.compile(r"^(\d+)([mhdw])$")
 _UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -62,7 +61,7 @@ def summarize(
         raise ValueError(f"cannot group by {by!r}: choose one of {', '.join(GROUPS)}")
     sql = (
         f"SELECT {GROUPS[by]}, outcome, endpoint, credits_used, input_tokens, output_tokens, "
-        "latency_ms FROM usage_records WHERE received_at >= ? AND received_at < ?"
+        "latency_ms, status FROM usage_records WHERE received_at >= ? AND received_at < ?"
     )
     rows = ledger.query(sql, (since, until if until is not None else time.time() + 86400))
     groups: dict[str, list[tuple[Any, ...]]] = {}
@@ -87,13 +86,7 @@ def _totals(by: str, key: str, rows: list[tuple[Any, ...]]) -> dict[str, Any]:
         "requests": len(rows),
         "errors": sum(1 for r in rows if r[1] != "ok"),
         "credits": credits,
-        "unknown_credits": sum(
-            1
-            for r in rows
-            if r[3] is None
-            and r[2] in GENERATION_ENDPOINTS
-            and r[1] not in ("rejected", "client_error")
-        ),
+        "unknown_credits": sum(1 for r in rows if cost_unknown(r[2], r[7], r[1], r[3])),
         "input_tokens": sum(r[4] or 0 for r in rows),
         "output_tokens": sum(r[5] or 0 for r in rows),
         "p50_ms": _percentile(latencies, 50),

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+import signal
 import socket
+import threading
+from collections.abc import Iterator
 
 import uvicorn
 from pydantic import SecretStr
@@ -95,21 +99,42 @@ def serve(settings: Settings, *, simulate: bool = False) -> None:
         settings.defaults.persona_id or "none",
     )
     try:
-        uvicorn.run(
-            create_app(settings),
-            host=host,
-            port=port,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            access_log=False,
-            log_config=None,
-            timeout_graceful_shutdown=int(settings.server.shutdown_grace_s),
-            timeout_keep_alive=75,
-        )
+        with _stop_signals_exit_cleanly():
+            uvicorn.run(
+                create_app(settings),
+                host=host,
+                port=port,
+                loop="uvloop",
+                http="httptools",
+                lifespan="on",
+                access_log=False,
+                log_config=None,
+                timeout_graceful_shutdown=int(settings.server.shutdown_grace_s),
+                timeout_keep_alive=75,
+            )
     finally:
         if simulator is not None:
             simulator.stop()
+
+
+@contextlib.contextmanager
+def _stop_signals_exit_cleanly() -> Iterator[None]:
+    """Make SIGTERM/SIGINT end `serve` normally (exit 0) once uvicorn has drained and flushed.
+
+    uvicorn re-raises the signal that stopped it after its graceful shutdown, under the handler
+    that was installed before it started: by default that kills the process (SIGTERM, exit -15)
+    or raises KeyboardInterrupt (SIGINT). By then the shutdown is complete, so ignore it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in stops}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def simulate(

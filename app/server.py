@@ -84,6 +84,11 @@ def create_app(
 
 
 async def _start(settings: Settings, transport: httpx.AsyncBaseTransport | None) -> Gateway:
+    if settings.limits.redis_url:
+        logger.warning(
+            "limits.redis_url is set, but this version keeps rate-limit and budget counters "
+            "in this process: replicas do not share them"
+        )
     ledger = open_ledger(settings.ledger.database_url)
     await ledger.open()
     metrics = Metrics()

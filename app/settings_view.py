@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -10,6 +11,7 @@ from app.config import Settings
 
 MASK = "********"
 _SECRETS = {("upstream", "api_key"), ("admin", "key")}
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def effective_config_toml(settings: Settings) -> str:
@@ -38,7 +40,8 @@ def _table(lines: list[str], header: str, values: dict[str, Any]) -> None:
 
 
 def _key(name: str) -> str:
-    return name if name.replace("_", "").replace("-", "").isalnum() else orjson.dumps(name).decode()
+    # TOML bare keys are ASCII only; str.isalnum() would also pass "modèle"
+    return name if _BARE_KEY.fullmatch(name) else orjson.dumps(name).decode()
 
 
 def _value(value: Any) -> str:
@@ -46,4 +49,9 @@ def _value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    # alias defaults may be tables and arrays (`reasoning = {effort = "low"}`); JSON is not TOML
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
     return orjson.dumps(value).decode()

@@ -81,6 +81,20 @@ def outcome_for_status(status: int) -> Outcome:
     return "client_error"
 
 
+GENERATION_ENDPOINTS = ("chat.completions", "responses")
+
+
+def cost_unknown(endpoint: str, status: int, outcome: str, credits: object) -> bool:
+    """Whether Mavera may have charged for this request without telling us how much.
+
+    True for generation requests with no reported credits that Mavera began to answer (2xx) or
+    that were abandoned while Mavera was working on them. Error answers are not billed.
+    """
+    if credits is not None or endpoint not in GENERATION_ENDPOINTS:
+        return False
+    return status < 300 or outcome == "client_disconnected"
+
+
 class Ledger(Protocol):
     """Durable storage of usage records."""
 
