@@ -68,6 +68,12 @@ class Metrics:
             registry=self.registry,
         )
 
+    def track_in_flight(self, count: Callable[[], int]) -> None:
+        """Report requests in progress at scrape time."""
+        Gauge(
+            "mavera_gateway_in_flight", "Requests in progress", registry=self.registry
+        ).set_function(lambda: float(count()))
+
     def track_queue(self, depth: Callable[[], int]) -> None:
         """Report the ledger queue depth at scrape time."""
         self.queue_depth.set_function(lambda: float(depth()))

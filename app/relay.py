@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from app.ledger.records import UsageRecord, outcome_for_status
-from app.sse import SSEScanner
+from app.sse import SSEEvent, SSEScanner
 from app.usage import RESPONSES, Usage, usage_from_event
 
 logger = logging.getLogger("mavera_gateway.relay")
@@ -84,6 +84,9 @@ class StreamRelay(Response):
         self.scanner = SSEScanner()
         self.usage: Usage | None = None
         self.background = None
+        # The upstream's closing event ([DONE], response.completed) has gone to the client: the
+        # OpenAI SDKs hang up right after it, often before the relay sees the upstream end.
+        self.delivered = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         pump = asyncio.ensure_future(self._pump(send))
@@ -94,7 +97,10 @@ class StreamRelay(Response):
             if not pump.done():
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)
-                self._finish("client_disconnected", "client_disconnected")
+                if self.delivered:
+                    self._finish("ok", None)
+                else:
+                    self._finish("client_disconnected", "client_disconnected")
             else:
                 outcome_error = pump.result()
                 if outcome_error is None:
@@ -120,9 +126,12 @@ class StreamRelay(Response):
         self.record.mark_first_byte()
         try:
             async for chunk in self.upstream.aiter_raw():
-                chunk = self._observe(chunk)
+                events = self.scanner.feed(chunk)
+                chunk = self._observe(chunk, events)
                 if chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if any(e.data == "[DONE]" or e.event == "response.completed" for e in events):
+                    self.delivered = True
         except httpx.TimeoutException:
             return await self._cut(send, "upstream_timeout", "Mavera stopped sending mid-stream")
         except httpx.TransportError:
@@ -131,9 +140,8 @@ class StreamRelay(Response):
         await send({"type": "http.response.body", "body": tail, "more_body": False})
         return None
 
-    def _observe(self, chunk: bytes) -> bytes:
+    def _observe(self, chunk: bytes, events: list[SSEEvent]) -> bytes:
         """Read usage from the events this chunk completes; return the bytes to forward."""
-        events = self.scanner.feed(chunk)
         if not self.drop_usage_chunk:
             for event in events:
                 usage, _ = usage_from_event(self.endpoint, event)

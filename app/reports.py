@@ -14,6 +14,7 @@ import statistics
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Protocol
 
 from app.ledger.records import COLUMNS, cost_unknown
@@ -79,8 +80,7 @@ def _group_key(by: str, value: Any) -> str:
 
 def _totals(by: str, key: str, rows: list[tuple[Any, ...]]) -> dict[str, Any]:
     latencies = sorted(float(r[6]) for r in rows if r[6] is not None)
-    known = [r[3] for r in rows if r[3] is not None]
-    credits = sum(_exact(c) for c in known)
+    credits = _exact(sum((Decimal(str(r[3])) for r in rows if r[3] is not None), Decimal(0)))
     return {
         by: key,
         "requests": len(rows),
@@ -95,8 +95,9 @@ def _totals(by: str, key: str, rows: list[tuple[Any, ...]]) -> dict[str, Any]:
 
 
 def _exact(value: Any) -> int | float:
-    number = float(value)
-    return int(number) if number.is_integer() else number
+    """Credits as stored, without float noise: integers stay integers."""
+    number = Decimal(str(value))
+    return int(number) if number == number.to_integral_value() else float(number)
 
 
 def _percentile(ordered: list[float], pct: int) -> float | None:

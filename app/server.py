@@ -109,6 +109,7 @@ async def _start(settings: Settings, transport: httpx.AsyncBaseTransport | None)
         metrics=metrics,
         ledger=ledger,
     )
+    metrics.track_in_flight(lambda: gateway.in_flight)
     await _load_keys(gateway)
     await _seed_budgets(gateway)
     return gateway

@@ -67,8 +67,16 @@ class Gateway:
             raise RouteNotFound(f"no route {route!r} on this gateway (routes: {known})")
         return str(route)
 
+    in_flight: int = 0
+
+    def begin(self, endpoint: str, request_id: str) -> UsageRecord:
+        """Open the record of a request that just arrived; `finish` must close it."""
+        self.in_flight += 1
+        return UsageRecord(endpoint=endpoint, client="unknown", request_id=request_id)
+
     def finish(self, record: UsageRecord) -> None:
         """Account for a finished request: ledger, budget, metrics, and one log line."""
+        self.in_flight -= 1
         if record.credits_used:
             self.limits.charge(record.client, record.credits_used)
         self.writer.submit(record)

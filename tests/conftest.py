@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 
 from app.background import BackgroundServer
 from app.config import Settings
+from app.ledger.records import COLUMNS
 from app.server import create_app
 from app.simulator import Simulator, persona_ids
 from app.state import Gateway
@@ -81,6 +83,7 @@ class RunningGateway:
     settings: Settings
     sim: Simulator
     server: BackgroundServer
+    sdk_clients: list[openai.OpenAI] = field(default_factory=list)
 
     @property
     def state(self) -> Gateway:
@@ -91,25 +94,23 @@ class RunningGateway:
     def client(self, key: str = "no-key-needed", **options: Any) -> openai.OpenAI:
         """An OpenAI SDK client pointed at this gateway."""
         options.setdefault("max_retries", 0)
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, **options)
+        client = openai.OpenAI(base_url=self.url + "/v1", api_key=key, **options)
+        self.sdk_clients.append(client)
+        return client
 
     def records(self) -> list[dict[str, Any]]:
         """Ledger rows, once everything queued has been written."""
         self.flush()
         ledger = self.state.ledger
-        from app.ledger.records import COLUMNS
-
         rows = ledger.query(f"SELECT {', '.join(COLUMNS)} FROM usage_records ORDER BY received_at")
         return [dict(zip(COLUMNS, row, strict=True)) for row in rows]
 
     def flush(self, timeout_s: float = 5.0) -> None:
-        """Wait until the ledger writer has nothing queued."""
-        import time
-
+        """Wait until every request has finished and its record has been written."""
         deadline = time.monotonic() + timeout_s
-        while self.state.writer.depth() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert self.state.writer.depth() == 0, "ledger writer did not drain"
+        while self.state.in_flight or self.state.writer.depth():
+            assert time.monotonic() < deadline, "requests still in flight or records unwritten"
+            time.sleep(0.01)
 
 
 GatewayFactory = Callable[..., RunningGateway]
@@ -136,17 +137,19 @@ def make_gateway(
 ) -> Iterator[GatewayFactory]:
     """Start gateways (settings sections as keyword overrides) in front of the simulator."""
     sim, sim_url = simulator
-    started: list[BackgroundServer] = []
+    started: list[RunningGateway] = []
 
     def start(**overrides: Any) -> RunningGateway:
         settings = gateway_settings(sim_url, tmp_path, **overrides)
         server = BackgroundServer(create_app(settings)).start()
-        started.append(server)
-        return RunningGateway(server.url, settings, sim, server)
+        started.append(RunningGateway(server.url, settings, sim, server))
+        return started[-1]
 
     yield start
-    for server in reversed(started):
-        server.stop()
+    for gateway in reversed(started):
+        for client in gateway.sdk_clients:
+            client.close()
+        gateway.server.stop()
 
 
 @pytest.fixture

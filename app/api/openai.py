@@ -46,7 +46,7 @@ async def responses(request: Request) -> Response:
 async def proxy_generation(request: Request, endpoint: str) -> Response:
     """Authenticate, resolve persona and model, forward, relay, and record one request."""
     gateway: Gateway = request.app.state.gateway
-    record = UsageRecord(endpoint=endpoint, client="unknown", request_id=request_id_for(request))
+    record = gateway.begin(endpoint, request_id_for(request))
     reply_headers = {"x-request-id": record.request_id}
     try:
         route = record.route = gateway.route_of(request)
@@ -157,7 +157,7 @@ async def list_personas(request: Request) -> Response:
 
 async def _recorded(request: Request, endpoint: str, handler: _Handler) -> Response:
     gateway: Gateway = request.app.state.gateway
-    record = UsageRecord(endpoint=endpoint, client="unknown", request_id=request_id_for(request))
+    record = gateway.begin(endpoint, request_id_for(request))
     headers = {"x-request-id": record.request_id}
     try:
         record.route = gateway.route_of(request)

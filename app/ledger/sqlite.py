@@ -18,9 +18,14 @@ from app.ledger.keys import KeyRow
 from app.ledger.migrations import MIGRATIONS
 from app.ledger.records import COLUMNS, UsageRecord
 
+# How long a statement waits for another connection's write lock before failing; the batched
+# writer then keeps the records and retries, so this only bounds one attempt.
+BUSY_TIMEOUT_S = 5.0
+
+# A record already stored (a retried batch) is skipped; any other constraint still fails loudly.
 _INSERT = (
-    f"INSERT OR IGNORE INTO usage_records ({', '.join(COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in COLUMNS)})"
+    f"INSERT INTO usage_records ({', '.join(COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in COLUMNS)}) ON CONFLICT (id) DO NOTHING"
 )
 
 
@@ -48,7 +53,7 @@ class SqliteLedger:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         connection = sqlite3.connect(
-            self.path, timeout=5, isolation_level=None, check_same_thread=False
+            self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import RunningGateway
 
-GAP_MS = 60
+GAP_MS = 150
 
 
 def _stream(gateway: RunningGateway, path: str, body: dict[str, Any]) -> list[tuple[float, bytes]]:
