@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -35,7 +36,17 @@ def routes() -> list[Route]:
         Route("/admin/usage/records", records, methods=["GET"]),
         Route("/admin/keys", keys, methods=["GET", "POST", "DELETE"]),
         Route("/admin/keys/{name}", delete_key, methods=["DELETE"]),
+        Route("/dashboard", dashboard, methods=["GET"]),
     ]
+
+
+async def dashboard(request: Request) -> Response:
+    """GET /dashboard: a page that shows /admin/usage; it asks for the admin key itself."""
+    gateway: Gateway = request.app.state.gateway
+    if gateway.settings.admin.key is None:
+        raise AdminDisabled("the dashboard is off: set MAVERA_GATEWAY_ADMIN_KEY to enable it")
+    page = resources.files("app").joinpath("static/dashboard.html").read_bytes()
+    return Response(page, media_type="text/html; charset=utf-8")
 
 
 def _admin(request: Request) -> Gateway:
