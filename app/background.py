@@ -25,7 +25,9 @@ class BackgroundServer:
         self._socket.bind((host, port))
         self.host = host
         self.port: int = self._socket.getsockname()[1]
-        options = {"log_level": "warning", "lifespan": "on", "timeout_graceful_shutdown": 2}
+        # log_config=None: leave logging to whoever owns the process (uvicorn's defaults would
+        # reconfigure its loggers process-wide, under the gateway's own server too).
+        options = {"log_config": None, "lifespan": "on", "timeout_graceful_shutdown": 2}
         self.server = uvicorn.Server(uvicorn.Config(app, **{**options, **config}))
         self._thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self._socket]}, daemon=True

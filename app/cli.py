@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from app.config import ConfigError, Settings, load_settings
@@ -108,11 +109,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "check-config":
         print(effective_config_toml(settings))
     elif args.command == "keys":
-        return _keys(args, _ledger(settings))
+        with _ledger(settings) as ledger:
+            return _keys(args, ledger)
     elif args.command == "usage":
         since = parse_time(args.since)
         until = parse_time(args.until) if args.until else None
-        rows = summarize(_ledger(settings), since=since, until=until, by=args.by)
+        with _ledger(settings) as ledger:
+            rows = summarize(ledger, since=since, until=until, by=args.by)
         print(render(rows, args.format))
     return 0
 
@@ -131,10 +134,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"server": server} if server else {}
 
 
-def _ledger(settings: Settings) -> SqliteLedger:
+@contextlib.contextmanager
+def _ledger(settings: Settings) -> Iterator[SqliteLedger]:
     ledger = open_ledger(settings.ledger.database_url)
     ledger.open_sync()
-    return ledger
+    try:
+        yield ledger
+    finally:
+        ledger.close_sync()
 
 
 def _keys(args: argparse.Namespace, ledger: SqliteLedger) -> int:

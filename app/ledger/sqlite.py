@@ -21,6 +21,7 @@ from app.ledger.records import COLUMNS, UsageRecord
 # How long a statement waits for another connection's write lock before failing; the batched
 # writer then keeps the records and retries, so this only bounds one attempt.
 BUSY_TIMEOUT_S = 5.0
+PING_TIMEOUT_S = 1.0
 
 # A record already stored (a retried batch) is skipped; any other constraint still fails loudly.
 _INSERT = (
@@ -108,10 +109,19 @@ class SqliteLedger:
             db.executemany(_INSERT, rows)
 
     async def ping(self) -> bool:
-        """Whether the database answers."""
+        """Whether the database answers (on its own connection, never queued behind a write)."""
+        return await asyncio.to_thread(self._ping)
+
+    def _ping(self) -> bool:
+        if self.path == ":memory:":
+            return self._connection is not None
         try:
-            await asyncio.to_thread(self.query, "SELECT 1")
-        except (sqlite3.Error, RuntimeError):
+            connection = sqlite3.connect(self.path, timeout=PING_TIMEOUT_S)
+            try:
+                connection.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()
+            finally:
+                connection.close()
+        except sqlite3.Error:
             return False
         return True
 

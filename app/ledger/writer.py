@@ -96,6 +96,11 @@ class LedgerWriter:
         self._in_flight = len(batch)
         try:
             await self.ledger.write(batch)
+        except asyncio.CancelledError:
+            # close() cancelled the drain mid-write: the write may never run, so keep the batch
+            # for close() to write again (idempotent on record id if it did run)
+            self._buffer.extendleft(reversed(batch))
+            raise
         except Exception as exc:  # any storage failure: keep the records and retry later
             self._buffer.extendleft(reversed(batch))
             self.metrics.write_failures.inc()

@@ -1,4 +1,4 @@
-"""Hundreds of concurrent requests of every kind: one ledger record each, credits exact per client."""
+"""Hundreds of concurrent requests of every kind: one record each, credits exact per client."""
 
 from __future__ import annotations
 
@@ -32,8 +32,10 @@ def _plan(i: int) -> tuple[str, dict[str, Any], str]:
         return "/v1/responses", {**responses, "stream": True}, "ok"
     if kind == 6:
         status = (500, 429, 400)[i % 3]
-        return "/v1/responses", {**responses, "mavera_sim": {"status": status}}, (
-            "upstream_error" if status >= 500 else "client_error"
+        return (
+            "/v1/responses",
+            {**responses, "mavera_sim": {"status": status}},
+            ("upstream_error" if status >= 500 else "client_error"),
         )
     if kind == 7:
         path, body = ("/v1/chat/completions", chat) if i % 2 else ("/v1/responses", responses)
@@ -87,7 +89,9 @@ def test_every_request_recorded_once_and_credits_match_mavera(
     while len(gateway.records()) < REQUESTS and time.monotonic() < deadline:
         time.sleep(0.05)
     rows = gateway.records()
-    assert Counter(r["request_id"] for r in rows) == Counter(owners.keys()), "not one record per request"
+    assert Counter(r["request_id"] for r in rows) == Counter(owners.keys()), (
+        "not one record per request"
+    )
 
     expected = {f"acct-{i:04d}": _plan(i)[2] for i in range(REQUESTS)}
     assert {r["request_id"]: r["outcome"] for r in rows} == expected
