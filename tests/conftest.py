@@ -132,9 +132,7 @@ def gateway_settings(sim_url: str, tmp_path: Path, **overrides: Any) -> Settings
 
 
 @pytest.fixture
-def make_gateway(
-    simulator: tuple[Simulator, str], tmp_path: Path
-) -> Iterator[GatewayFactory]:
+def make_gateway(simulator: tuple[Simulator, str], tmp_path: Path) -> Iterator[GatewayFactory]:
     """Start gateways (settings sections as keyword overrides) in front of the simulator."""
     sim, sim_url = simulator
     started: list[RunningGateway] = []

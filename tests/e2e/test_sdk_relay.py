@@ -107,9 +107,7 @@ def test_persona_override_refused(gateway: RunningGateway) -> None:
 
 
 def test_model_alias_chooses_persona_and_defaults(make_gateway: GatewayFactory) -> None:
-    gateway = make_gateway(
-        models={"gen-z": {"persona_id": PERSONAS[1], "reasoning_effort": "low"}}
-    )
+    gateway = make_gateway(models={"gen-z": {"persona_id": PERSONAS[1], "reasoning_effort": "low"}})
     gateway.client().chat.completions.create(
         model="gen-z", messages=[{"role": "user", "content": "hi"}]
     )

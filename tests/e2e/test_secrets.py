@@ -62,7 +62,11 @@ def test_check_config_masks_secrets(tmp_path: Path) -> None:
     }
     done = subprocess.run(
         [sys.executable, "-m", "app", "check-config", "--config", str(config)],
-        env=env, capture_output=True, text=True, timeout=30, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     assert UPSTREAM_KEY not in done.stdout + done.stderr
     assert "admin-secret-value" not in done.stdout + done.stderr
@@ -72,11 +76,14 @@ def test_check_config_masks_secrets(tmp_path: Path) -> None:
 
 def test_bad_config_names_the_key_and_file_without_secrets(tmp_path: Path) -> None:
     config = tmp_path / "gateway.toml"
-    config.write_text("[server]\nport = \"eighty\"\n")
+    config.write_text('[server]\nport = "eighty"\n')
     env = {**os.environ, "MAVERA_API_KEY": UPSTREAM_KEY}
     done = subprocess.run(
         [sys.executable, "-m", "app", "check-config", "--config", str(config)],
-        env=env, capture_output=True, text=True, timeout=30,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert done.returncode == 2
     assert "server.port" in done.stderr and str(config) in done.stderr

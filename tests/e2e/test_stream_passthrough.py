@@ -91,7 +91,11 @@ def test_client_leaving_mid_stream_cancels_upstream(gateway: RunningGateway) -> 
     assert not seen.completed
     _wait_for(lambda: gateway.state.writer.depth() == 0 and len(gateway.records()) == 1)
     [row] = gateway.records()
-    assert (row["outcome"], row["status"], row["credits_used"]) == ("client_disconnected", 200, None)
+    assert (row["outcome"], row["status"], row["credits_used"]) == (
+        "client_disconnected",
+        200,
+        None,
+    )
 
 
 @pytest.mark.parametrize("stream", [True, False])
