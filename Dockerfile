@@ -1,34 +1,53 @@
 # syntax=docker/dockerfile:1
-# mavera-gateway as a container / sidecar. Configured by environment variables alone:
-#   MAVERA_API_KEY (required unless the command adds --simulate), MAVERA_GATEWAY_DEFAULTS__PERSONA_ID,
-#   MAVERA_GATEWAY_ADMIN_KEY, ... (see config.example.toml). The SQLite ledger lives on /data.
+# mavera-gateway as a container or sidecar, configured by environment variables alone
+# (docs/docker.md): MAVERA_API_KEY, MAVERA_GATEWAY_DEFAULTS__PERSONA_ID, client keys as
+# MAVERA_GATEWAY_CLIENTS__<name>__KEY_SHA256, ... The SQLite ledger lives on the /data volume.
+# tests/test_dockerfile.py replays the build stage and runs ENTRYPOINT + CMD with this ENV.
 
 FROM python:3.11-slim AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-# Dependencies first, so source edits do not invalidate this layer.
-COPY pyproject.toml README.md ./
-RUN mkdir app && touch app/__init__.py \
-    && python -m venv /opt/venv \
-    && /opt/venv/bin/pip install . \
-    && /opt/venv/bin/pip uninstall -y mavera-gateway
+RUN python -m venv /opt/venv
+# Dependencies first, read from pyproject.toml alone: editing the source does not invalidate
+# this layer. The pip cache is a build cache mount, so it never lands in a layer.
+COPY pyproject.toml ./
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
+    && /opt/venv/bin/pip install --requirement requirements.txt
+COPY README.md ./
 COPY app ./app
-RUN /opt/venv/bin/pip install --no-deps .
+RUN --mount=type=cache,target=/root/.cache/pip \
+    /opt/venv/bin/pip install --no-deps . \
+    && /opt/venv/bin/pip check
 
 FROM python:3.11-slim
+# Listen on every interface inside the container; serve refuses that without client keys
+# unless --allow-open (or MAVERA_GATEWAY_SERVER__ALLOW_OPEN=true) says the network is private.
+# The drain grace fits Kubernetes' default 30 s terminationGracePeriodSeconds; `docker stop`
+# waits only 10 s unless given --stop-timeout (docs/docker.md).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
     MAVERA_GATEWAY_SERVER__HOST=0.0.0.0 \
     MAVERA_GATEWAY_SERVER__PORT=8080 \
+    MAVERA_GATEWAY_SERVER__SHUTDOWN_GRACE_S=25 \
     MAVERA_GATEWAY_DATABASE_URL=sqlite:////data/mavera-gateway.db
-RUN useradd --system --uid 10001 --home-dir /data --create-home gateway
+# A numeric uid, so Kubernetes' runAsNonRoot can verify it; /data is its home, so a fresh
+# named volume starts out owned by it.
+RUN groupadd --system --gid 10001 gateway \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /data --create-home \
+       --shell /usr/sbin/nologin gateway
 COPY --from=build /opt/venv /opt/venv
-USER gateway
+USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 8080
-HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('MAVERA_GATEWAY_SERVER__PORT', '8080'), timeout=2)"]
+# uvicorn stops accepting, drains in-flight streams for SHUTDOWN_GRACE_S, then the ledger is
+# flushed. Exec-form ENTRYPOINT: the gateway is PID 1 and receives the signal itself.
 STOPSIGNAL SIGTERM
+# One process, one uvicorn worker: scale with replicas, not workers.
 ENTRYPOINT ["mavera-gateway"]
 CMD ["serve"]

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import uvicorn
 from pydantic import SecretStr
+from sse_starlette.sse import AppStatus
 
 from app.background import BackgroundServer
 from app.config import Settings
@@ -83,6 +84,9 @@ def serve(settings: Settings, *, simulate: bool = False) -> None:
     check_exposure(settings)
     simulator: BackgroundServer | None = None
     if simulate:
+        # sse-starlette ends every SSE stream in the process on the first SIGTERM; the in-process
+        # simulator must keep serving the streams the gateway is still draining.
+        AppStatus.enable_automatic_graceful_drain = False
         simulator = BackgroundServer(Simulator().app).start()
         settings = with_simulator(settings, simulator.url)
         logger.info("simulate mode: upstream is the built-in Mavera simulator at %s", simulator.url)
