@@ -106,4 +106,3 @@ def configure_logging(fmt: str, secrets: tuple[str, ...] = (), level: int = logg
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -13,11 +13,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import httpx
 import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from app.http1 import ReadTimeout, TransportError
+from app.http1 import Response as UpstreamResponse
 from app.ledger.records import UsageRecord, outcome_for_status
 from app.sse import SSEEvent, SSEScanner
 from app.usage import RESPONSES, Usage, usage_from_event
@@ -66,7 +67,7 @@ class StreamRelay(Response):
 
     def __init__(
         self,
-        upstream: httpx.Response,
+        upstream: UpstreamResponse,
         headers: dict[str, str],
         record: UsageRecord,
         on_finish: Callable[[UsageRecord], None],
@@ -132,9 +133,9 @@ class StreamRelay(Response):
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if any(e.data == "[DONE]" or e.event == "response.completed" for e in events):
                     self.delivered = True
-        except httpx.TimeoutException:
+        except ReadTimeout:
             return await self._cut(send, "upstream_timeout", "Mavera stopped sending mid-stream")
-        except httpx.TransportError:
+        except TransportError:
             return await self._cut(send, "upstream_stream_cut", "Mavera cut the stream short")
         tail = self.scanner.pending if self.drop_usage_chunk else b""
         await send({"type": "http.response.body", "body": tail, "more_body": False})

@@ -8,7 +8,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-import httpx
 import orjson
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
@@ -42,14 +41,12 @@ def _v1_routes() -> list[Route]:
     ]
 
 
-def create_app(
-    settings: Settings, *, upstream_transport: httpx.AsyncBaseTransport | None = None
-) -> FastAPI:
+def create_app(settings: Settings) -> FastAPI:
     """The gateway as an ASGI app; resources are created when its lifespan starts."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gateway = await _start(settings, upstream_transport)
+        gateway = await _start(settings)
         app.state.gateway = gateway
         refresher = asyncio.create_task(_refresh_keys(gateway), name="key-refresh")
         try:
@@ -83,7 +80,7 @@ def create_app(
     return app
 
 
-async def _start(settings: Settings, transport: httpx.AsyncBaseTransport | None) -> Gateway:
+async def _start(settings: Settings) -> Gateway:
     if settings.limits.redis_url:
         logger.warning(
             "limits.redis_url is set, but this version keeps rate-limit and budget counters "
@@ -102,7 +99,7 @@ async def _start(settings: Settings, transport: httpx.AsyncBaseTransport | None)
     writer.start()
     gateway = Gateway(
         settings=settings,
-        upstream=Upstream(settings.upstream, transport),
+        upstream=Upstream(settings.upstream),
         keys=KeyStore(settings.clients),
         limits=Limits(),
         writer=writer,

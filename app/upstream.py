@@ -1,6 +1,6 @@
 """The one pooled connection to Mavera: outgoing headers, retries, and error translation.
 
-httpx exceptions and upstream failures are translated into GatewayErrors here, once. Retries
+Transport errors and upstream failures are translated into GatewayErrors here, once. Retries
 happen only here, so only before any byte has gone to the client, and only on connect errors,
 502 and 503, honouring `Retry-After` up to a cap.
 """
@@ -12,12 +12,13 @@ import logging
 import random
 import re
 from collections.abc import Mapping
+from urllib.parse import urlencode
 
-import httpx
 import orjson
 
 from app.config import UpstreamSettings
 from app.errors import UpstreamAuthFailed, UpstreamTimeout, UpstreamUnavailable
+from app.http1 import ConnectFailed, Pool, ReadTimeout, Response, TransportError
 
 logger = logging.getLogger("mavera_gateway.upstream")
 
@@ -52,7 +53,7 @@ def upstream_headers(
     return headers
 
 
-def returned_headers(upstream: httpx.Response) -> dict[str, str]:
+def returned_headers(upstream: Response) -> dict[str, str]:
     """The upstream response headers passed back to the client."""
     found = upstream.headers
     return {name: found[name] for name in RETURNED_RESPONSE_HEADERS if name in found}
@@ -61,27 +62,14 @@ def returned_headers(upstream: httpx.Response) -> dict[str, str]:
 class Upstream:
     """Sends requests to Mavera and turns failures into the gateway's errors."""
 
-    def __init__(
-        self, settings: UpstreamSettings, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
+    def __init__(self, settings: UpstreamSettings) -> None:
         self.settings = settings
         self._api_key = settings.api_key.get_secret_value() if settings.api_key else ""
-        self.client = httpx.AsyncClient(
-            base_url=settings.base_url + "/",
-            timeout=httpx.Timeout(
-                connect=settings.connect_timeout_s,
-                read=settings.read_timeout_s,
-                write=settings.read_timeout_s,
-                pool=settings.connect_timeout_s,
-            ),
-            limits=httpx.Limits(
-                max_connections=settings.max_connections,
-                max_keepalive_connections=settings.max_connections,
-                keepalive_expiry=30,
-            ),
-            transport=transport,
-            follow_redirects=False,
-            trust_env=False,
+        self.pool = Pool(
+            settings.base_url,
+            connect_timeout_s=settings.connect_timeout_s,
+            read_timeout_s=settings.read_timeout_s,
+            max_connections=settings.max_connections,
         )
 
     def headers(self, client_headers: Mapping[str, str], request_id: str) -> dict[str, str]:
@@ -93,34 +81,31 @@ class Upstream:
         method: str,
         path: str,
         headers: dict[str, str],
-        content: bytes | None = None,
+        content: bytes = b"",
         params: Mapping[str, str] | None = None,
-    ) -> httpx.Response:
+    ) -> Response:
         """Open the upstream response (body not yet read), retrying what may be retried.
 
         Returns 2xx and passable 4xx responses; raises a GatewayError for the rest.
         """
-        request = self.client.build_request(
-            method, path, headers=headers, content=content, params=params
-        )
+        if params:
+            path = f"{path}?{urlencode(params)}"
         attempt = 0
         while True:
             try:
-                response = await self.client.send(request, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                response = await self.pool.request(method, path, headers.items(), content)
+            except ConnectFailed as exc:
                 if attempt >= self.settings.max_retries:
                     raise UpstreamUnavailable(
-                        f"cannot reach Mavera at {self.settings.base_url}: {type(exc).__name__}"
+                        f"cannot reach Mavera at {self.settings.base_url}: {exc}"
                     ) from None
                 delay = _backoff(attempt, None)
-            except httpx.TimeoutException:
+            except ReadTimeout:
                 raise UpstreamTimeout(
                     f"Mavera did not answer within {self.settings.read_timeout_s:g} s"
                 ) from None
-            except httpx.TransportError as exc:
-                raise UpstreamUnavailable(
-                    f"connection to Mavera failed: {type(exc).__name__}"
-                ) from None
+            except TransportError as exc:
+                raise UpstreamUnavailable(f"connection to Mavera failed: {exc}") from None
             else:
                 if response.status_code < 500 and response.status_code != 401:
                     return response
@@ -139,7 +124,7 @@ class Upstream:
 
     async def aclose(self) -> None:
         """Close the pool."""
-        await self.client.aclose()
+        await self.pool.aclose()
 
 
 def _backoff(attempt: int, retry_after: str | None) -> float:
@@ -152,11 +137,11 @@ def _backoff(attempt: int, retry_after: str | None) -> float:
     return delay * (0.5 + random.random() / 2)
 
 
-async def _translate_failure(response: httpx.Response) -> Exception:
+async def _translate_failure(response: Response) -> Exception:
     """The GatewayError for an upstream 401 or 5xx, quoting what the upstream said."""
     try:
         body = await response.aread()
-    except httpx.HTTPError:
+    except TransportError:
         body = b""
     finally:
         await response.aclose()
@@ -177,13 +162,13 @@ def _upstream_message(body: bytes) -> str:
         return body[:200].decode("utf-8", "replace") or "no body"
 
 
-async def read_body(response: httpx.Response) -> bytes:
+async def read_body(response: Response) -> bytes:
     """The whole body of an opened upstream response, then close it."""
     try:
         return await response.aread()
-    except httpx.TimeoutException:
+    except ReadTimeout:
         raise UpstreamTimeout("Mavera stopped sending the response body") from None
-    except httpx.TransportError as exc:
-        raise UpstreamUnavailable(f"connection to Mavera failed: {type(exc).__name__}") from None
+    except TransportError as exc:
+        raise UpstreamUnavailable(f"connection to Mavera failed: {exc}") from None
     finally:
         await response.aclose()

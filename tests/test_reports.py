@@ -443,7 +443,7 @@ def test_fetch_records_round_trips_a_record(ledger: SqliteLedger) -> None:
     )
     ledger.write_sync([original])
     (stored,) = fetch_records(ledger, since=0)
-    assert stored == original.row()
+    assert stored == dict(zip(COLUMNS, original.values(), strict=True))
 
 
 def test_fetch_records_filters_by_client_and_since(filled: SqliteLedger) -> None:

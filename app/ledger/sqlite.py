@@ -104,7 +104,7 @@ class SqliteLedger:
 
     def write_sync(self, records: Sequence[UsageRecord]) -> None:
         """Blocking form of `write`."""
-        rows = [tuple(r.row()[c] for c in COLUMNS) for r in records]
+        rows = [record.values() for record in records]
         with self._transaction() as db:
             db.executemany(_INSERT, rows)
 
