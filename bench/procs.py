@@ -1,0 +1,152 @@
+"""Processes the harness starts: spawning, readiness, stopping, and what /proc says about them.
+
+Every process is started in a session of its own and stopped through its own process group id,
+so stopping a target never touches anything the harness did not start.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+POLL_S = 0.002
+
+
+class NotReady(RuntimeError):
+    """A process did not answer its readiness probe in time."""
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def spawn(
+    command: list[str], log: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `command` in its own session, stdout and stderr to `log`."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+        )
+
+
+def probe(port: int, path: str, timeout: float = 1.0) -> int | None:
+    """The status of `GET path` on 127.0.0.1:port, or None when nothing answers."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(
+                f"GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n".encode()
+            )
+            line = sock.recv(64).split(b"\r\n", 1)[0]
+    except OSError:
+        return None
+    parts = line.split()
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+
+
+def wait_ready(
+    process: subprocess.Popen[bytes] | None, port: int, path: str, started: float, limit_s: float
+) -> float:
+    """Seconds from `started` (a perf_counter time) until `GET path` answers 200."""
+    deadline = started + limit_s
+    while time.perf_counter() < deadline:
+        if probe(port, path) == 200:
+            return time.perf_counter() - started
+        if process is not None and process.poll() is not None:
+            raise NotReady(f"exited with status {process.returncode} before it was ready")
+        time.sleep(POLL_S)
+    raise NotReady(f"not ready on port {port} after {limit_s:g} s")
+
+
+def stop(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+    """SIGTERM the process group the harness created, then SIGKILL it if it lingers."""
+    if process.poll() is None:
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait(5)
+    _signal_group(process.pid, signal.SIGKILL)  # any child left in the group
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        tree.append(current)
+        queue.extend(children.get(current, []))
+    return tree
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User plus system CPU time used so far by these processes (all their threads)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLOCK_TICKS
+
+
+def _status_kb(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def rss_mb(pids: Iterable[int]) -> float:
+    """Resident memory of these processes now, in MB (MiB)."""
+    return sum(_status_kb(pid, "VmRSS") for pid in pids) / 1024
+
+
+def peak_rss_mb(pids: Iterable[int]) -> float:
+    """Peak resident memory (VmHWM) since start or the last `reset_peak_rss`, in MB (MiB)."""
+    return sum(_status_kb(pid, "VmHWM") for pid in pids) / 1024
+
+
+def reset_peak_rss(pids: Iterable[int]) -> None:
+    """Restart VmHWM from the current RSS (Linux clear_refs 5; needs the process's owner)."""
+    for pid in pids:
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        except OSError:
+            pass

@@ -1,0 +1,209 @@
+"""The scenarios, each bounded in count and time, each returning plain data for the report.
+
+- `sequential`: one keep-alive connection, N non-streaming chat requests one after another.
+- `throughput`: wrk at C connections for S seconds, plus the target's CPU time per request.
+- `streams`: N streams opened at once (chat or Responses), TTFB, total time, completeness.
+- `soak`: wrk until N requests (or a time limit), RSS before and after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench import procs
+from bench.client import Connection, Reply, encode_request
+from bench.sse_check import check_stream
+from bench.targets import Target
+from bench.wire import CHAT, RESPONSES
+from bench.wrk import run_wrk
+
+ENDPOINTS = {CHAT: "chat/completions", RESPONSES: "responses"}
+_MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
+CHAT_BODY = orjson.dumps({"model": "mavera-1", "messages": _MESSAGES})
+STREAM_BODIES = {
+    CHAT: orjson.dumps({"model": "mavera-1", "messages": _MESSAGES, "stream": True}),
+    RESPONSES: orjson.dumps({"model": "mavera-1", "input": "Say hello.", "stream": True}),
+}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100), linear between closest ranks; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def _ms(seconds: list[float], q: float) -> float:
+    return round(percentile(seconds, q) * 1000, 3)
+
+
+class _Sequence:
+    """One keep-alive connection sending the same non-streaming chat request again and again."""
+
+    def __init__(self, target: Target) -> None:
+        path = target.path(ENDPOINTS[CHAT])
+        self.request = encode_request(target.port, path, CHAT_BODY, target.token)
+        self.port = target.port
+        self.timings: list[float] = []
+        self.errors = 0
+
+    async def send(self, connection: Connection, measured: bool, limit_s: float) -> None:
+        reply = await asyncio.wait_for(connection.exchange(self.request), limit_s)
+        if reply.status != 200:
+            self.errors += 1
+        elif measured:
+            self.timings.append(reply.total)
+
+    def summary(self, prefix: str = "") -> dict[str, Any]:
+        t = self.timings
+        return {
+            f"{prefix}requests": len(t),
+            f"{prefix}errors": self.errors,
+            f"{prefix}p50_ms": _ms(t, 50),
+            f"{prefix}p99_ms": _ms(t, 99),
+            f"{prefix}mean_ms": round(sum(t) / len(t) * 1000, 3) if t else math.nan,
+        }
+
+
+async def sequential(
+    target: Target, count: int, warmup: int, limit_s: float, baseline: Target | None = None
+) -> dict[str, Any]:
+    """Latency at concurrency 1: p50/p99 of `count` requests after `warmup` unmeasured ones.
+
+    With a `baseline` (direct), requests alternate between it and the target, so both are
+    measured in the same seconds and "added latency" is not skewed by the machine's drift
+    (CPU wake-ups alone moved direct's p50 between 0.014 and 0.085 ms from one run to the next).
+    """
+    sequences = [_Sequence(target)] + ([_Sequence(baseline)] if baseline else [])
+    connections = [await Connection.open(s.port) for s in sequences]
+    deadline = time.perf_counter() + limit_s
+    try:
+        for index in range(warmup + count):
+            if time.perf_counter() > deadline:
+                break
+            for sequence, connection in zip(sequences, connections, strict=True):
+                await sequence.send(connection, index >= warmup, limit_s)
+    finally:
+        for connection in connections:
+            connection.close()
+    data = sequences[0].summary()
+    if baseline is not None:
+        data.update(sequences[1].summary("baseline_"))
+        for q in ("p50", "p99"):
+            data[f"added_{q}_ms"] = round(data[f"{q}_ms"] - data[f"baseline_{q}_ms"], 3)
+    return data
+
+
+def throughput(target: Target, body_file: Path, connections: int, seconds: float) -> dict[str, Any]:
+    """wrk at `connections` for `seconds`; the target's CPU microseconds per request."""
+    pids = target.pids()
+    cpu_before = procs.cpu_seconds(pids)
+    result = run_wrk(
+        target.url(ENDPOINTS[CHAT]),
+        body_file,
+        connections=connections,
+        seconds=seconds,
+        token=target.token,
+    )
+    cpu = procs.cpu_seconds(pids) - cpu_before
+    data: dict[str, Any] = result.as_dict()
+    if pids and result.requests:
+        data["cpu_us_per_request"] = round(cpu / result.requests * 1e6, 1)
+        data["cpu_cores"] = round(cpu / result.seconds, 2)
+    return data
+
+
+async def streams(
+    target: Target, endpoint: str, count: int, chunks: int, limit_s: float
+) -> dict[str, Any]:
+    """`count` streams opened together; every loop bounded by `limit_s`."""
+    path = target.path(ENDPOINTS[endpoint])
+    request = encode_request(target.port, path, STREAM_BODIES[endpoint], target.token)
+    connections = await asyncio.wait_for(
+        asyncio.gather(*(Connection.open(target.port) for _ in range(count))), limit_s
+    )
+    pids = target.pids()
+    procs.reset_peak_rss(pids)
+    cpu_before = procs.cpu_seconds(pids)
+    started = time.perf_counter()
+    tasks = [asyncio.ensure_future(c.exchange(request)) for c in connections]
+    finished, unfinished = await asyncio.wait(tasks, timeout=limit_s)
+    wall = time.perf_counter() - started
+    for task in unfinished:
+        task.cancel()
+    await asyncio.gather(*unfinished, return_exceptions=True)
+    for connection in connections:
+        connection.close()
+    replies = [t.result() for t in finished if not t.cancelled() and t.exception() is None]
+    data = summarize_streams(endpoint, chunks, count, replies)
+    data["wall_s"] = round(wall, 3)
+    if pids:
+        data["peak_rss_mb"] = round(procs.peak_rss_mb(pids), 1)
+        data["cpu_ms_per_stream"] = round((procs.cpu_seconds(pids) - cpu_before) / count * 1e3, 2)
+    return data
+
+
+def summarize_streams(
+    endpoint: str, chunks: int, count: int, replies: list[Reply]
+) -> dict[str, Any]:
+    """TTFB/total percentiles and the completeness counts of a stream scenario."""
+    ok = [r for r in replies if r.status == 200]
+    checks = [check_stream(endpoint, r.frames) for r in ok]
+    complete = [c.complete(endpoint, chunks) for c in checks]
+    return {
+        "streams": count,
+        "finished": len(replies),
+        "ttfb_p50_ms": _ms([r.ttfb for r in ok], 50),
+        "ttfb_p99_ms": _ms([r.ttfb for r in ok], 99),
+        "total_p50_ms": _ms([r.total for r in ok], 50),
+        "total_p99_ms": _ms([r.total for r in ok], 99),
+        "incomplete": count - sum(complete),
+        "not_intact": count - sum(c.intact(endpoint, chunks) for c in checks),
+        "missing_event_names": sum(
+            1 for c in checks if c.events and all(n is None for n in c.names)
+        )
+        if endpoint == RESPONSES
+        else 0,
+        "missing_credits": sum(1 for c in checks if not c.credits) if endpoint == RESPONSES else 0,
+        "usage_leaked": sum(c.usage_leaked for c in checks),
+        "events_per_stream": sorted({c.events for c in checks}),
+        "frames_merged": sum(c.frames_merged for c in checks),
+        "frames_split": sum(c.frames_split for c in checks),
+    }
+
+
+def soak(
+    target: Target, body_file: Path, requests: int, rps_hint: float, limit_s: float
+) -> dict[str, Any]:
+    """About `requests` non-streaming requests at 64 connections; RSS growth across them."""
+    pids = target.pids()
+    seconds = min(limit_s, max(2.0, requests / max(rps_hint, 1.0) * 1.05 + 1))
+    rss_before = procs.rss_mb(pids)
+    result = run_wrk(
+        target.url(ENDPOINTS[CHAT]),
+        body_file,
+        connections=64,
+        seconds=seconds,
+        token=target.token,
+        max_requests=requests,
+    )
+    time.sleep(1.0)  # let the ledger writer drain what the last requests queued
+    rss_after = procs.rss_mb(pids)
+    return {
+        "requests": result.requests,
+        "seconds": result.seconds,
+        "errors": result.errors,
+        "error_detail": result.error_detail,
+        "rss_before_mb": round(rss_before, 1),
+        "rss_after_mb": round(rss_after, 1),
+        "growth_pct": round((rss_after - rss_before) / rss_before * 100, 2) if rss_before else None,
+    }
