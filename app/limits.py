@@ -55,8 +55,8 @@ class Limits:
         """Let the request through, or raise BudgetExceeded / RateLimited."""
         now = self._clock()
         self._periods[client.name] = client.budget_period
-        spent = self.spent(client.name, client.budget_period)
-        if client.credit_budget is not None and spent >= client.credit_budget:
+        budget = client.credit_budget
+        if budget is not None and self.spent(client.name, client.budget_period) >= budget:
             raise BudgetExceeded(
                 f"client {client.name!r} has used its {client.credit_budget} credit budget "
                 f"for this {client.budget_period}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.errors import BodyTooLarge, GatewayError, InternalError, InvalidRequest
-from app.ledger.records import UsageRecord, outcome_for_status
+from app.ledger.records import UsageRecord, new_id, outcome_for_status
 from app.relay import ClientGone, StreamRelay, unless_disconnected
 from app.routing import apply_target, resolve
 from app.state import Gateway
@@ -30,7 +29,7 @@ UPSTREAM_PATHS = {CHAT: "chat/completions", RESPONSES: "responses"}
 def request_id_for(request: Request) -> str:
     """The client's X-Request-Id when it is sane, else a new one."""
     given = request.headers.get("x-request-id", "")
-    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    return given if _REQUEST_ID.match(given) else new_id()
 
 
 async def chat_completions(request: Request) -> Response:

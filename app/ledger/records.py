@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import operator
+import secrets
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -18,13 +19,24 @@ OUTCOMES: tuple[Outcome, ...] = (
 )
 
 
+# Ids: a random prefix per process and a counter, as unique as uuid4 across processes and
+# restarts for this purpose, without a urandom call per request.
+_ID_PREFIX = secrets.token_hex(8)
+_ID_COUNTER = itertools.count()
+
+
+def new_id() -> str:
+    """A fresh id for a record or a request."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
+
+
 @dataclass(slots=True)
 class UsageRecord:
     """Everything the ledger keeps about one request. Never message content, never keys."""
 
     endpoint: str
     client: str
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = field(default_factory=lambda: new_id())
     request_id: str = ""
     received_at: float = field(default_factory=time.time)
     first_byte_at: float | None = None
