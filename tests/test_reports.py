@@ -517,8 +517,8 @@ def test_closed_ledger_refuses_queries(tmp_path: Path) -> None:
 def test_failed_batch_writes_nothing(ledger: SqliteLedger) -> None:
     good = record(client="a", received_at=NOW)
     bad = record(client="b", received_at=NOW)
-    bad.persona_id = {"not": "bindable"}  # type: ignore[assignment]
-    with pytest.raises(sqlite3.Error):
+    bad.endpoint = None  # type: ignore[assignment]  # violates NOT NULL
+    with pytest.raises(sqlite3.IntegrityError):
         ledger.write_sync([good, bad])
     assert ledger.query("SELECT COUNT(*) FROM usage_records") == [(0,)]
     ledger.write_sync([good])  # the connection is usable again

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from app.ledger.keys import KeyRow
 from app.ledger.migrations import MIGRATIONS
 from app.ledger.records import COLUMNS, UsageRecord
@@ -23,10 +25,14 @@ from app.ledger.records import COLUMNS, UsageRecord
 BUSY_TIMEOUT_S = 5.0
 PING_TIMEOUT_S = 1.0
 
-# A record already stored (a retried batch) is skipped; any other constraint still fails loudly.
+# One statement per batch: the rows travel as one JSON array. executemany would bind row by row,
+# taking the GIL back for each, and under load the event loop starves it (a writer thread
+# managed 1,000-1,500 rows/s at 3,000 req/s). A record already stored (a retried batch) is
+# skipped; any other constraint still fails loudly.
 _INSERT = (
-    f"INSERT INTO usage_records ({', '.join(COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in COLUMNS)}) ON CONFLICT (id) DO NOTHING"
+    f"INSERT INTO usage_records ({', '.join(COLUMNS)}) SELECT "
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(COLUMNS)))
+    + " FROM json_each(?) WHERE true ON CONFLICT (id) DO NOTHING"
 )
 
 
@@ -104,9 +110,9 @@ class SqliteLedger:
 
     def write_sync(self, records: Sequence[UsageRecord]) -> None:
         """Blocking form of `write`."""
-        rows = [record.values() for record in records]
+        rows = orjson.dumps([record.values() for record in records])
         with self._transaction() as db:
-            db.executemany(_INSERT, rows)
+            db.execute(_INSERT, (rows,))
 
     async def ping(self) -> bool:
         """Whether the database answers (on its own connection, never queued behind a write)."""
