@@ -40,26 +40,31 @@ async def wait_for_disconnect(receive: Receive) -> None:
 
 
 async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it and raising ClientGone if the client leaves first."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(wait_for_disconnect(receive))
+    """Await `work`, cancelling it and raising ClientGone if the client leaves first.
+
+    `work` runs in the calling task; only the watcher is a task of its own, and it cancels the
+    caller when the client disconnects (one task per request, not two plus asyncio.wait).
+    """
+    caller = asyncio.current_task()
+    assert caller is not None
+    left = False
+
+    async def watch() -> None:
+        nonlocal left
+        await wait_for_disconnect(receive)
+        left = True
+        caller.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        task.cancel()
+        return await work
+    except asyncio.CancelledError:
+        if not left:
+            raise
+        caller.uncancel()
+        raise ClientGone() from None
+    finally:
         watcher.cancel()
-        raise
-    watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    await asyncio.wait((task,))  # let it unwind: that closes the upstream connection
-    if not task.cancelled() and task.exception() is None:
-        # it finished just as the client left: release what it opened
-        close = getattr(task.result(), "aclose", None)
-        if close is not None:
-            await close()
-    raise ClientGone()
 
 
 class StreamRelay(Response):
