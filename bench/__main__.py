@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -64,9 +65,7 @@ def parse_args(argv: list[str]) -> harness.Options:
         "upstream_workers": args.upstream_workers,
         "litellm_venv": args.litellm_venv,
     }
-    return harness.Options(
-        **{**options.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
-    )
+    return dataclasses.replace(options, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def main(argv: list[str] | None = None) -> None:

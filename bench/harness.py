@@ -7,6 +7,7 @@ start-up, latency, throughput, idle memory, streams, soak, and (with --profile) 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import json
@@ -20,7 +21,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ ALL_SCENARIOS = ("startup", "latency", "throughput", "streams", "soak")
 RESULTS_DIR = Path(__file__).with_name("results")
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Options:
     """Everything one run is told; `quick()` gives the smaller variant."""
 
@@ -60,7 +60,7 @@ class Options:
 
     def quick(self) -> Options:
         """Fewer requests, shorter runs: a smoke test of the whole harness."""
-        return _replace(
+        return dataclasses.replace(
             self,
             streams=50,
             latency_requests=200,
@@ -71,10 +71,6 @@ class Options:
             startup_runs=1,
             stream_limit_s=45.0,
         )
-
-
-def _replace(options: Options, **changes: Any) -> Options:
-    return Options(**{**options.__dict__, **changes})
 
 
 def log(message: str) -> None:
@@ -89,23 +85,38 @@ def run(options: Options) -> dict[str, Any]:
     body_file = workdir / "chat.json"
     body_file.write_bytes(scenarios.CHAT_BODY)
     results: dict[str, Any] = {"meta": _meta(options), "targets": {}, "unavailable": {}}
+    busy, own = procs.machine_busy_seconds(), procs.own_cpu_seconds()
     log(f"fake upstream: {options.upstream_workers} workers, work dir {workdir}")
     upstream = targets.start_upstream(
         workdir, options.upstream_workers, options.chunks, options.delay_ms
     )
     try:
         for name in options.targets:
+            _check_alone(upstream, results["meta"]["warnings"], f"before {name}")
             try:
                 results["targets"][name] = measure(name, upstream, workdir, body_file, options)
             except Unavailable as exc:
                 log(f"{name}: not measured: {exc}")
                 results["unavailable"][name] = str(exc)
+        _check_alone(upstream, results["meta"]["warnings"], "at the end")
     finally:
         upstream.stop()
-    results["meta"]["duration_s"] = round(time.perf_counter() - began, 1)
+    duration = time.perf_counter() - began
+    results["meta"]["duration_s"] = round(duration, 1)
+    foreign = (procs.machine_busy_seconds() - busy) - (procs.own_cpu_seconds() - own)
+    results["meta"]["foreign_cpu_pct"] = max(0.0, round(100 * foreign / duration, 1))
     save(results)
     shutil.rmtree(workdir, ignore_errors=True)
     return results
+
+
+def _check_alone(upstream: Target, warnings: list[str], when: str) -> None:
+    """Note another benchmark on the machine: it shares the 2 cores and skews every number."""
+    others = procs.others_running("bench.fake_upstream", upstream.pids())
+    if others:
+        warning = f"another benchmark was running {when} (pids {others}): numbers are skewed"
+        log(warning)
+        warnings.append(warning)
 
 
 def _starter(name: str, upstream: Target, workdir: Path, options: Options) -> Callable[[], Target]:
@@ -234,6 +245,7 @@ def _meta(options: Options) -> dict[str, Any]:
     )
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "warnings": [],
         "command": options.command,
         "machine": f"{_cpus()} x {cpu}, Linux {platform.release()}",
         "versions": {
@@ -258,14 +270,19 @@ def _cpus() -> int:
 
 
 def _gateway_version() -> str:
+    """The package version and the last commit that touched app/, flagged if app/ has edits."""
     version = importlib.metadata.version("mavera-gateway")
-    done = subprocess.run(
-        ["git", "-C", str(Path(__file__).parent), "describe", "--always", "--dirty"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return f"{version} ({done.stdout.strip()})" if done.returncode == 0 else version
+    repo = str(Path(__file__).resolve().parent.parent)
+    commit = _git(repo, "log", "-1", "--format=%h", "--", "app")
+    if not commit:
+        return version
+    edited = " + uncommitted app/ edits" if _git(repo, "status", "--porcelain", "--", "app") else ""
+    return f"{version} (app/ at {commit}{edited})"
+
+
+def _git(repo: str, *args: str) -> str:
+    done = subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, check=False)
+    return done.stdout.strip() if done.returncode == 0 else ""
 
 
 def save(results: dict[str, Any]) -> Path:

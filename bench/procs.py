@@ -111,6 +111,35 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def others_running(pattern: str, mine: Iterable[int]) -> list[int]:
+    """Pids whose command line contains `pattern`, other than `mine` (another benchmark?)."""
+    excluded = set(mine) | {os.getpid()}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in excluded:
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if pattern.encode() in command:
+            found.append(int(entry.name))
+    return found
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all cores have spent busy since boot (everything but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS
+
+
+def own_cpu_seconds() -> float:
+    """CPU time of this process and of every child it has waited for (targets, wrk, upstream)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def cpu_seconds(pids: Iterable[int]) -> float:
     """User plus system CPU time used so far by these processes (all their threads)."""
     total = 0

@@ -234,8 +234,11 @@ def render(results: Results) -> str:
     """The whole markdown report of one run."""
     meta = results["meta"]
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
-    parts = [
-        f"Run {meta['date']} on {meta['machine']}, {meta['duration_s']:.0f} s in all.",
+    parts = [f"**Warning: {w}.**" for w in meta.get("warnings", [])]
+    parts += [
+        f"Run {meta['date']} on {meta['machine']}, {meta['duration_s']:.0f} s in all; "
+        f"CPU not spent by the benchmark's own processes (others, interrupts): "
+        f"{meta.get('foreign_cpu_pct', 'n/a')}% of one core.",
         f"Versions: {versions}.",
         f"Command: `{meta['command']}`",
         "",
