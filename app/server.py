@@ -21,7 +21,6 @@ from app.auth import KeyStore
 from app.config import Settings
 from app.errors import GatewayError, error_body
 from app.ledger.backends import open_ledger
-from app.ledger.keys import list_keys
 from app.ledger.writer import LedgerWriter
 from app.limits import Limits, period_start
 from app.metrics import Metrics
@@ -141,14 +140,9 @@ async def _start(settings: Settings) -> Gateway:
         ledger=ledger,
     )
     metrics.track_in_flight(lambda: gateway.in_flight)
-    await _load_keys(gateway)
+    await gateway.reload_keys()
     await _seed_budgets(gateway)
     return gateway
-
-
-async def _load_keys(gateway: Gateway) -> None:
-    rows = await asyncio.to_thread(list_keys, gateway.ledger, include_revoked=False)
-    gateway.keys.replace_stored((row.key_sha256, row.client()) for row in rows)
 
 
 async def _refresh_keys(gateway: Gateway) -> None:
@@ -156,7 +150,7 @@ async def _refresh_keys(gateway: Gateway) -> None:
     while True:
         await asyncio.sleep(KEY_REFRESH_S)
         try:
-            await _load_keys(gateway)
+            await gateway.reload_keys()
         except Exception as exc:  # a database hiccup must not stop the refresher
             logger.warning("could not refresh gateway keys: %s", exc)
 

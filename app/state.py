@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from starlette.requests import Request
 from app.auth import KeyStore
 from app.config import Settings
 from app.errors import RouteNotFound
+from app.ledger.keys import list_keys
 from app.ledger.records import UsageRecord
 from app.ledger.sqlite import SqliteLedger
 from app.ledger.writer import LedgerWriter
@@ -73,6 +75,11 @@ class Gateway:
         """Open the record of a request that just arrived; `finish` must close it."""
         self.in_flight += 1
         return UsageRecord(endpoint=endpoint, client="unknown", request_id=request_id)
+
+    async def reload_keys(self) -> None:
+        """Pick up the keys stored in the ledger now (created or revoked elsewhere)."""
+        rows = await asyncio.to_thread(list_keys, self.ledger, include_revoked=False)
+        self.keys.replace_stored((row.key_sha256, row.client()) for row in rows)
 
     def finish(self, record: UsageRecord) -> None:
         """Account for a finished request: ledger, budget, metrics, and one log line."""

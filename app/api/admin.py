@@ -144,7 +144,7 @@ async def keys(request: Request) -> Response:
         )
     except KeyExists as exc:
         raise InvalidRequest(str(exc), param="name") from None
-    await _reload(gateway)
+    await gateway.reload_keys()
     return _json({"name": spec["name"], "key": key, "created_at": time.time()}, 201)
 
 
@@ -156,10 +156,5 @@ async def delete_key(request: Request) -> Response:
 async def _revoke(gateway: Gateway, name: str) -> Response:
     if not await asyncio.to_thread(revoke_key, gateway.ledger, name):
         raise InvalidRequest(f"no active key named {name!r}", param="name")
-    await _reload(gateway)
+    await gateway.reload_keys()
     return _json({"name": name, "revoked": True})
-
-
-async def _reload(gateway: Gateway) -> None:
-    rows = await asyncio.to_thread(list_keys, gateway.ledger, include_revoked=False)
-    gateway.keys.replace_stored((row.key_sha256, row.client()) for row in rows)
