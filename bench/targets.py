@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench import procs
 
-GATEWAY_KEY = "mvra_live_benchbenchbenchbenchbench00"  # what the fake upstream is sent; not real
+GATEWAY_KEY = "mvra_live_bench-fake-key-not-a-real-one"  # what the fake upstream is sent; not real
 PERSONA_ID = "clx1abc2d0001abcdef123456"
 LITELLM_MASTER_KEY = "sk-bench-master-key"
 READY_LIMIT_S = 60.0
