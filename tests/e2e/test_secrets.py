@@ -51,23 +51,27 @@ def test_key_absent_from_every_response(make_gateway: GatewayFactory, tmp_path: 
             assert UPSTREAM_KEY.encode() not in path.read_bytes(), f"{path} holds the key"
 
 
-def test_check_config_masks_secrets(tmp_path: Path) -> None:
-    config = tmp_path / "gateway.toml"
-    config.write_text('[defaults]\npersona_id = "clx1abc2d0001abcdef123456"\n')
-    env = {
-        **os.environ,
-        "MAVERA_API_KEY": UPSTREAM_KEY,
-        "MAVERA_GATEWAY_ADMIN_KEY": "admin-secret-value",
-        "MAVERA_GATEWAY_DATABASE_URL": f"sqlite:///{tmp_path / 'l.db'}",
-    }
-    done = subprocess.run(
+def _check_config(config: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m app check-config --config CONFIG` with `env` added to ours."""
+    return subprocess.run(
         [sys.executable, "-m", "app", "check-config", "--config", str(config)],
-        env=env,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=30,
-        check=True,
     )
+
+
+def test_check_config_masks_secrets(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text('[defaults]\npersona_id = "clx1abc2d0001abcdef123456"\n')
+    done = _check_config(
+        config,
+        MAVERA_API_KEY=UPSTREAM_KEY,
+        MAVERA_GATEWAY_ADMIN_KEY="admin-secret-value",
+        MAVERA_GATEWAY_DATABASE_URL=f"sqlite:///{tmp_path / 'l.db'}",
+    )
+    assert done.returncode == 0, done.stderr
     assert UPSTREAM_KEY not in done.stdout + done.stderr
     assert "admin-secret-value" not in done.stdout + done.stderr
     assert 'api_key = "********"' in done.stdout
@@ -77,14 +81,7 @@ def test_check_config_masks_secrets(tmp_path: Path) -> None:
 def test_bad_config_names_the_key_and_file_without_secrets(tmp_path: Path) -> None:
     config = tmp_path / "gateway.toml"
     config.write_text('[server]\nport = "eighty"\n')
-    env = {**os.environ, "MAVERA_API_KEY": UPSTREAM_KEY}
-    done = subprocess.run(
-        [sys.executable, "-m", "app", "check-config", "--config", str(config)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = _check_config(config, MAVERA_API_KEY=UPSTREAM_KEY)
     assert done.returncode == 2
     assert "server.port" in done.stderr and str(config) in done.stderr
     assert UPSTREAM_KEY not in done.stdout + done.stderr
