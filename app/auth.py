@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from collections.abc import Iterable, Mapping
 
+from app.clients import LOCAL_CLIENT, Client, ClientSpec, check_client_name
 from app.config import ClientSettings
 from app.errors import InvalidApiKey
-from app.routing import LOCAL_CLIENT, Client
+from app.ledger.protocol import Ledger, StoredKey
 
 KEY_PREFIX = "mgw_"
 
@@ -28,23 +30,19 @@ def key_digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def client_from_settings(name: str, settings: ClientSettings) -> Client:
-    """The Client a `[clients.NAME]` table describes."""
-    return Client(
-        name=name,
-        persona_id=settings.persona_id,
-        allow_persona_override=settings.allow_persona_override,
-        credit_budget=settings.credit_budget,
-        budget_period=settings.budget_period,
-        rpm=settings.rpm,
-    )
+async def issue_key(ledger: Ledger, name: str, spec: ClientSpec) -> str:
+    """Create and store a key for client `name`; return the plain key, which is never stored."""
+    check_client_name(name)
+    key = new_key()
+    await ledger.add_key(StoredKey(name, key_digest(key), spec, created_at=time.time()))
+    return key
 
 
 class KeyStore:
     """Digest -> Client, from the config file and from keys created with `keys create`."""
 
     def __init__(self, configured: Mapping[str, ClientSettings]) -> None:
-        self._configured = {s.key_sha256: client_from_settings(n, s) for n, s in configured.items()}
+        self._configured = {s.key_sha256: Client(n, s.spec()) for n, s in configured.items()}
         self._by_digest = dict(self._configured)
         # Once any key has existed, stay closed: revoking the last key must not turn a gateway
         # that required keys (perhaps on a public address) into an open proxy until restart.
@@ -59,10 +57,10 @@ class KeyStore:
         """Every client that has a key now."""
         return list(self._by_digest.values())
 
-    def replace_stored(self, stored: Iterable[tuple[str, Client]]) -> None:
+    def replace_stored(self, stored: Iterable[StoredKey]) -> None:
         """Swap in the current set of database keys (revocations take effect here)."""
         merged = dict(self._configured)
-        merged.update(stored)
+        merged.update((key.key_sha256, Client(key.name, key.spec)) for key in stored)
         self._by_digest = merged
         self._keyed = self._keyed or bool(merged)
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import sys
-from collections.abc import Iterator, Sequence
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
+from app.auth import issue_key
+from app.clients import BUDGET_PERIODS, InvalidClientSpec, parse_client_spec
 from app.config import ConfigError, Settings, load_settings
 from app.ledger.backends import open_ledger
-from app.ledger.keys import KeyExists, create_key, list_keys, revoke_key
-from app.ledger.sqlite import SqliteLedger
+from app.ledger.protocol import KeyExists, Ledger
 from app.reports import GROUPS, parse_time, render, summarize
 from app.runner import StartupRefused, serve, simulate
 from app.settings_view import effective_config_toml
@@ -59,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--persona", help="the client's default persona_id")
     create.add_argument("--budget", type=int, help="credit budget per period")
-    create.add_argument("--period", choices=["day", "week", "month", "total"], default="month")
+    create.add_argument("--period", choices=BUDGET_PERIODS, default="month")
     create.add_argument("--rpm", type=int, help="requests per minute")
     create.add_argument("--allow-persona-override", action="store_true", default=None)
     _config_option(create)
@@ -87,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (ConfigError, StartupRefused, KeyExists, ValueError) as exc:
+    except (ConfigError, StartupRefused, KeyExists, InvalidClientSpec, ValueError) as exc:
         print(f"mavera-gateway: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like
@@ -109,13 +112,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "check-config":
         print(effective_config_toml(settings))
     elif args.command == "keys":
-        with _ledger(settings) as ledger:
-            return _keys(args, ledger)
+        return _with_ledger(settings, lambda ledger: _keys(args, ledger))
     elif args.command == "usage":
         since = parse_time(args.since)
         until = parse_time(args.until) if args.until else None
-        with _ledger(settings) as ledger:
-            rows = summarize(ledger, since=since, until=until, by=args.by)
+        rows = _with_ledger(
+            settings, lambda ledger: summarize(ledger, since=since, until=until, by=args.by)
+        )
         print(render(rows, args.format))
     return 0
 
@@ -134,34 +137,48 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"server": server} if server else {}
 
 
-@contextlib.contextmanager
-def _ledger(settings: Settings) -> Iterator[SqliteLedger]:
+T = TypeVar("T")
+
+
+def _with_ledger(settings: Settings, work: Callable[[Ledger], Awaitable[T]]) -> T:
+    """Run `work` against the configured ledger, opened for it and closed after."""
+
+    async def run() -> T:
+        async with _opened(settings) as ledger:
+            return await work(ledger)
+
+    return asyncio.run(run())
+
+
+@contextlib.asynccontextmanager
+async def _opened(settings: Settings) -> AsyncIterator[Ledger]:
     ledger = open_ledger(settings.ledger.database_url)
-    ledger.open_sync()
+    await ledger.open()
     try:
         yield ledger
     finally:
-        ledger.close_sync()
+        await ledger.close()
 
 
-def _keys(args: argparse.Namespace, ledger: SqliteLedger) -> int:
+async def _keys(args: argparse.Namespace, ledger: Ledger) -> int:
     if args.keys_command == "create":
-        key = create_key(
-            ledger,
-            args.name,
-            persona_id=args.persona,
-            credit_budget=args.budget,
-            rpm=args.rpm,
-            budget_period=args.period,
-            allow_persona_override=args.allow_persona_override,
+        spec = parse_client_spec(
+            {
+                "persona_id": args.persona,
+                "credit_budget": args.budget,
+                "rpm": args.rpm,
+                "budget_period": args.period,
+                "allow_persona_override": args.allow_persona_override,
+            }
         )
+        key = await issue_key(ledger, args.name, spec)
         print(f"created key for client {args.name!r}; it is shown only this once:\n{key}")
         return 0
     if args.keys_command == "list":
-        rows = [row.public() for row in list_keys(ledger)]
+        rows = [key.public() for key in await ledger.keys()]
         print(render(rows, "table") if rows else "no keys yet: mavera-gateway keys create NAME")
         return 0
-    if revoke_key(ledger, args.name):
+    if await ledger.revoke_key(args.name, time.time()):
         print(
             f"revoked the key of client {args.name!r}; "
             "a running gateway stops accepting it within seconds"

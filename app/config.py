@@ -21,6 +21,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from app.clients import ClientSpec
+
 DEFAULT_BASE_URL = "https://app.mavera.io/api/v1"
 DEFAULT_DATABASE_URL = "sqlite:///./mavera-gateway.db"
 
@@ -60,8 +62,14 @@ class UpstreamSettings(_Section):
     api_key: SecretStr | None = None
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(120.0, gt=0)
+    write_timeout_s: float = Field(30.0, gt=0)
+    total_timeout_s: float = Field(600.0, gt=0)
     max_retries: int = Field(2, ge=0, le=10)
     max_connections: int = Field(512, gt=0)
+    pool_timeout_s: float = Field(5.0, gt=0)
+    keepalive_s: float = Field(5.0, ge=0)
+    proxy_url: str | None = None
+    ca_bundle: str | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -69,6 +77,20 @@ class UpstreamSettings(_Section):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("proxy_url")
+    @classmethod
+    def _proxy_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("http://"):
+            raise ValueError("must be an http:// proxy URL, e.g. http://user:pass@proxy:3128")
+        return value
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _readable_file(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"no such file: {value} (a PEM file of CA certificates)")
+        return value
 
 
 class DefaultsSettings(_Section):
@@ -98,13 +120,14 @@ class RouteSettings(_Section):
     allow_persona_override: bool | None = None
 
 
-class ClientSettings(_Section):
+class ClientSettings(ClientSpec):
+    """`[clients.NAME]`: a client declared in the config, with the digest of its key."""
+
     key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    persona_id: str | None = None
-    allow_persona_override: bool | None = None
-    credit_budget: int | None = Field(None, ge=0)
-    budget_period: Literal["day", "week", "month", "total"] = "month"
-    rpm: int | None = Field(None, gt=0)
+
+    def spec(self) -> ClientSpec:
+        """The client's settings without the key digest."""
+        return ClientSpec.model_validate(self.model_dump(exclude={"key_sha256"}))
 
 
 class LedgerSettings(_Section):

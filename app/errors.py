@@ -12,9 +12,14 @@ GatewayError                      any error answered by the gateway, not the ups
 ├── RateLimited                   429 rate_limit_exceeded (+ Retry-After)
 ├── UpstreamAuthFailed            502 upstream_auth_failed: Mavera refused *our* key
 ├── UpstreamUnavailable           502 upstream_unavailable: unreachable or 5xx after retries
+│   └── UpstreamStreamCut         502 upstream_stream_cut: the connection broke mid-answer
+├── UpstreamBusy                  503 upstream_busy (+ Retry-After): no upstream connection free
 ├── UpstreamTimeout               504 upstream_timeout
+└── InternalError                 500 internal_error: the gateway's own bug (outcome gateway_error)
 
 Upstream 4xx errors other than 401 are not GatewayErrors: they pass through as they came.
+Each class carries the ledger outcome of a request that ends with it, so the outcome of a failed
+request is decided by what failed, in one place.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import ClassVar
 import orjson
 from starlette.responses import Response
 
-from app.ledger.records import Outcome
+from app.records import Outcome
 
 
 class GatewayError(Exception):
@@ -34,7 +39,7 @@ class GatewayError(Exception):
     type: ClassVar[str] = "server_error"
     code: ClassVar[str] = "internal_error"
     # how the ledger classifies a request that ended with this error
-    outcome: ClassVar[Outcome] = "upstream_error"
+    outcome: ClassVar[Outcome] = "gateway_error"
 
     def __init__(
         self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None
@@ -122,22 +127,36 @@ class RateLimited(GatewayError):
 
 
 class UpstreamAuthFailed(GatewayError):
+    outcome = "upstream_error"
     status = 502
     type = "upstream_error"
     code = "upstream_auth_failed"
 
 
 class UpstreamUnavailable(GatewayError):
+    outcome = "upstream_error"
     status = 502
     type = "upstream_error"
     code = "upstream_unavailable"
 
 
+class UpstreamStreamCut(UpstreamUnavailable):
+    code = "upstream_stream_cut"
+
+
+class UpstreamBusy(GatewayError):
+    outcome = "rejected"  # refused at the gateway for capacity, like a rate limit
+    status = 503
+    type = "upstream_error"
+    code = "upstream_busy"
+
+
 class UpstreamTimeout(GatewayError):
+    outcome = "upstream_error"
     status = 504
     type = "upstream_error"
     code = "upstream_timeout"
 
 
 class InternalError(GatewayError):
-    outcome = "upstream_error"
+    """The gateway's own fault: status, type, code and outcome are the base class's."""

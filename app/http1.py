@@ -42,6 +42,14 @@ class ProtocolFailed(TransportError):
     """The connection closed mid-response, or the response did not parse."""
 
 
+class PoolTimeout(TransportError):
+    """No connection became free within the pool timeout."""
+
+
+class WriteTimeout(TransportError):
+    """The request could not be written within the write timeout."""
+
+
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection; carries one request/response at a time."""
 
@@ -207,7 +215,11 @@ class Pool:
         connect_timeout_s: float,
         read_timeout_s: float,
         max_connections: int,
+        write_timeout_s: float = 30.0,
+        pool_timeout_s: float = 5.0,
         keepalive_s: float = 30.0,
+        proxy_url: str | None = None,
+        ca_bundle: str | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -274,7 +286,7 @@ class Pool:
         try:
             await asyncio.wait_for(self._slots.acquire(), self.connect_timeout_s)
         except TimeoutError:
-            raise ConnectFailed(
+            raise PoolTimeout(
                 f"all {self.max_connections} upstream connections stayed busy for "
                 f"{self.connect_timeout_s:g} s"
             ) from None

@@ -12,8 +12,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from app.clients import Client
 from app.errors import BudgetExceeded, RateLimited
-from app.routing import Client
 
 WINDOW_S = 60.0
 
@@ -54,22 +54,23 @@ class Limits:
     def admit(self, client: Client) -> None:
         """Let the request through, or raise BudgetExceeded / RateLimited."""
         now = self._clock()
-        self._periods[client.name] = client.budget_period
-        budget = client.credit_budget
-        if budget is not None and self.spent(client.name, client.budget_period) >= budget:
+        spec = client.spec
+        self._periods[client.name] = spec.budget_period
+        budget = spec.credit_budget
+        if budget is not None and self.spent(client.name, spec.budget_period) >= budget:
             raise BudgetExceeded(
-                f"client {client.name!r} has used its {client.credit_budget} credit budget "
-                f"for this {client.budget_period}"
+                f"client {client.name!r} has used its {budget} credit budget "
+                f"for this {spec.budget_period}"
             )
-        if client.rpm is None:
+        if spec.rpm is None:
             return
         recent = self._recent.setdefault(client.name, deque())
         while recent and recent[0] <= now - WINDOW_S:
             recent.popleft()
-        if len(recent) >= client.rpm:
+        if len(recent) >= spec.rpm:
             wait = max(1, math.ceil(recent[0] + WINDOW_S - now))
             raise RateLimited(
-                f"client {client.name!r} is over its limit of {client.rpm} requests per minute; "
+                f"client {client.name!r} is over its limit of {spec.rpm} requests per minute; "
                 f"retry after {wait} s",
                 headers={"retry-after": str(wait)},
             )

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from app.ledger.records import UsageRecord
+from app.records import UsageRecord
 
 REQUEST_FIELDS = (
     "request_id",

@@ -3,34 +3,28 @@
 Streams are forwarded chunk by chunk as they arrive, byte for byte. The only exception is the
 usage-only chat chunk the gateway itself asked for (`stream_options.include_usage`): it is read and
 dropped, so the client sees what Mavera would have sent it. When the client goes away the
-upstream response is closed at once. The record is finished in a `finally` this module owns.
+upstream answer is closed at once. The request's account is closed in a `finally` this module
+owns, whatever happens.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from app.http1 import ReadTimeout, TransportError
-from app.http1 import Response as UpstreamResponse
-from app.ledger.records import UsageRecord, outcome_for_status
+from app.accounting import ClientGone, RequestAccount
+from app.errors import GatewayError
 from app.sse import SSEEvent, SSEScanner
-from app.usage import RESPONSES, Usage, usage_from_event
-
-logger = logging.getLogger("mavera_gateway.relay")
+from app.upstream import UpstreamReply
+from app.usage import RESPONSES, usage_from_event
 
 T = TypeVar("T")
 STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-
-
-class ClientGone(Exception):
-    """The client closed its connection before the answer was ready."""
 
 
 async def wait_for_disconnect(receive: Receive) -> None:
@@ -68,14 +62,13 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
 
 
 class StreamRelay(Response):
-    """An ASGI response that pumps an open upstream SSE response to the client."""
+    """An ASGI response that pumps an open upstream SSE answer to the client."""
 
     def __init__(
         self,
-        upstream: UpstreamResponse,
+        upstream: UpstreamReply,
         headers: dict[str, str],
-        record: UsageRecord,
-        on_finish: Callable[[UsageRecord], None],
+        account: RequestAccount,
         *,
         endpoint: str,
         drop_usage_chunk: bool,
@@ -83,12 +76,10 @@ class StreamRelay(Response):
         self.status_code = upstream.status_code
         self.upstream = upstream
         self.init_headers({**headers, **STREAM_HEADERS})
-        self.record = record
-        self.on_finish = on_finish
+        self.account = account
         self.endpoint = endpoint
         self.drop_usage_chunk = drop_usage_chunk
         self.scanner = SSEScanner()
-        self.usage: Usage | None = None
         self.background = None
         # The upstream's closing event ([DONE], response.completed) has gone to the client: the
         # OpenAI SDKs hang up right after it, often before the relay sees the upstream end.
@@ -97,54 +88,46 @@ class StreamRelay(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         pump = asyncio.ensure_future(self._pump(send))
         watcher = asyncio.ensure_future(wait_for_disconnect(receive))
-        outcome_error: str | None = None
         try:
             await asyncio.wait((pump, watcher), return_when=asyncio.FIRST_COMPLETED)
-            if not pump.done():
+            if pump.done():
+                pump.result()  # a failure inside the pump is raised here, and accounted below
+                self.account.answered(self.status_code)
+            else:
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)
                 if self.delivered:
-                    self._finish("ok", None)
+                    self.account.answered(self.status_code)
                 else:
-                    self._finish("client_disconnected", "client_disconnected")
-            else:
-                outcome_error = pump.result()
-                if outcome_error is None:
-                    self._finish(
-                        "ok" if self.status_code < 400 else outcome_for_status(self.status_code),
-                        None,
-                    )
-                else:
-                    self._finish("upstream_error", outcome_error)
-        except BaseException:
+                    self.account.failed(ClientGone(), self.status_code)
+        except BaseException as exc:
             pump.cancel()
-            self._finish("client_disconnected", "cancelled")
-            raise
+            self.account.failed(exc, self.status_code)
+            if not isinstance(exc, Exception):
+                raise
         finally:
             watcher.cancel()
             await self.upstream.aclose()
 
-    async def _pump(self, send: Send) -> str | None:
-        """Forward the stream; return None when it ended cleanly, else an error code."""
+    async def _pump(self, send: Send) -> None:
+        """Forward the stream; a mid-stream upstream failure is told to the client, then raised."""
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        self.record.mark_first_byte()
+        self.account.first_byte()
         try:
-            async for chunk in self.upstream.aiter_raw():
+            async for chunk in self.upstream.chunks():
                 events = self.scanner.feed(chunk)
                 chunk = self._observe(chunk, events)
                 if chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if any(e.data == "[DONE]" or e.event == "response.completed" for e in events):
                     self.delivered = True
-        except ReadTimeout:
-            return await self._cut(send, "upstream_timeout", "Mavera stopped sending mid-stream")
-        except TransportError:
-            return await self._cut(send, "upstream_stream_cut", "Mavera cut the stream short")
+        except GatewayError as exc:
+            await self._cut(send, exc)
+            raise
         tail = self.scanner.pending if self.drop_usage_chunk else b""
         await send({"type": "http.response.body", "body": tail, "more_body": False})
-        return None
 
     def _observe(self, chunk: bytes, events: list[SSEEvent]) -> bytes:
         """Read usage from the events this chunk completes; return the bytes to forward."""
@@ -152,41 +135,30 @@ class StreamRelay(Response):
             for event in events:
                 usage, _ = usage_from_event(self.endpoint, event)
                 if usage is not None:
-                    self.usage = usage
+                    self.account.usage(usage)
             return chunk
         kept: list[bytes] = []
         for event in events:
             usage, usage_only = usage_from_event(self.endpoint, event)
             if usage is not None:
-                self.usage = usage
+                self.account.usage(usage)
             if not usage_only:
                 kept.append(event.raw)
         return b"".join(kept)
 
-    async def _cut(self, send: Send, code: str, message: str) -> str:
+    async def _cut(self, send: Send, error: GatewayError) -> None:
         """Tell the client the upstream failed mid-stream, in the stream's own error format."""
-        logger.warning("%s (request %s)", message, self.record.request_id)
         if self.scanner.pending and not self.drop_usage_chunk:
             # Mid-event: anything appended would corrupt that event. End without the final
             # chunk so the client's HTTP library reports an incomplete body.
-            return code
+            return
         await send(
             {
                 "type": "http.response.body",
-                "body": stream_error_event(self.endpoint, code, message),
+                "body": stream_error_event(self.endpoint, error.code, error.message),
                 "more_body": False,
             }
         )
-        return code
-
-    def _finish(self, outcome: Any, error_code: str | None) -> None:
-        record = self.record
-        if self.usage is not None:
-            record.credits_used = self.usage.credits_used
-            record.input_tokens = self.usage.input_tokens
-            record.output_tokens = self.usage.output_tokens
-        record.finish(self.status_code, outcome, error_code)
-        self.on_finish(record)
 
 
 def stream_error_event(endpoint: str, code: str, message: str) -> bytes:

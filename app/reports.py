@@ -12,29 +12,17 @@ import json
 import re
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
-from app.ledger.records import COLUMNS, cost_unknown
+from app.ledger.protocol import REPORT_GROUPS, Ledger, ReportGroup, UsageRow
+from app.records import cost_unknown
 
-GROUPS = {
-    "client": "client",
-    "persona": "persona_id",
-    "model": "COALESCE(requested_model, upstream_model)",
-    "route": "route",
-    "endpoint": "endpoint",
-    "day": "received_at",
-}
+GROUPS: tuple[ReportGroup, ...] = REPORT_GROUPS
 _RELATIVE = re.compile(r"^(\d+)([mhdw])$")
 _UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-class Queryable(Protocol):
-    """A ledger that answers read queries written with `?` placeholders."""
-
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 
 
 def parse_time(text: str, now: float | None = None) -> float:
@@ -54,41 +42,40 @@ def parse_time(text: str, now: float | None = None) -> float:
     return moment.timestamp()
 
 
-def summarize(
-    ledger: Queryable, *, since: float, until: float | None = None, by: str = "client"
+async def summarize(
+    ledger: Ledger, *, since: float, until: float | None = None, by: str = "client"
 ) -> list[dict[str, Any]]:
     """Per group: requests, errors, known credits, unknown-credit requests, tokens, p50/p95."""
-    if by not in GROUPS:
-        raise ValueError(f"cannot group by {by!r}: choose one of {', '.join(GROUPS)}")
-    sql = (
-        f"SELECT {GROUPS[by]}, outcome, endpoint, credits_used, input_tokens, output_tokens, "
-        "latency_ms, status FROM usage_records WHERE received_at >= ? AND received_at < ?"
+    group = _group(by)
+    rows = await ledger.usage_rows(
+        since, until if until is not None else time.time() + 86400, group
     )
-    rows = ledger.query(sql, (since, until if until is not None else time.time() + 86400))
-    groups: dict[str, list[tuple[Any, ...]]] = {}
+    groups: dict[str, list[UsageRow]] = {}
     for row in rows:
-        key = _group_key(by, row[0])
-        groups.setdefault(key, []).append(row)
+        groups.setdefault("-" if row.group is None else str(row.group), []).append(row)
     return [_totals(by, key, members) for key, members in sorted(groups.items())]
 
 
-def _group_key(by: str, value: Any) -> str:
-    if by == "day":
-        return datetime.fromtimestamp(float(value), UTC).strftime("%Y-%m-%d")
-    return "-" if value is None else str(value)
+def _group(by: str) -> ReportGroup:
+    for group in GROUPS:
+        if group == by:
+            return group
+    raise ValueError(f"cannot group by {by!r}: choose one of {', '.join(GROUPS)}")
 
 
-def _totals(by: str, key: str, rows: list[tuple[Any, ...]]) -> dict[str, Any]:
-    latencies = sorted(float(r[6]) for r in rows if r[6] is not None)
-    credits = _exact(sum((Decimal(str(r[3])) for r in rows if r[3] is not None), Decimal(0)))
+def _totals(by: str, key: str, rows: list[UsageRow]) -> dict[str, Any]:
+    latencies = sorted(float(r.latency_ms) for r in rows if r.latency_ms is not None)
+    known = (Decimal(str(r.credits_used)) for r in rows if r.credits_used is not None)
     return {
         by: key,
         "requests": len(rows),
-        "errors": sum(1 for r in rows if r[1] != "ok"),
-        "credits": credits,
-        "unknown_credits": sum(1 for r in rows if cost_unknown(r[2], r[7], r[1], r[3])),
-        "input_tokens": sum(r[4] or 0 for r in rows),
-        "output_tokens": sum(r[5] or 0 for r in rows),
+        "errors": sum(1 for r in rows if r.outcome != "ok"),
+        "credits": _exact(sum(known, Decimal(0))),
+        "unknown_credits": sum(
+            1 for r in rows if cost_unknown(r.endpoint, r.status, r.outcome, r.credits_used)
+        ),
+        "input_tokens": sum(r.input_tokens or 0 for r in rows),
+        "output_tokens": sum(r.output_tokens or 0 for r in rows),
         "p50_ms": _percentile(latencies, 50),
         "p95_ms": _percentile(latencies, 95),
     }
@@ -108,8 +95,8 @@ def _percentile(ordered: list[float], pct: int) -> float | None:
     return round(statistics.quantiles(ordered, n=100, method="inclusive")[pct - 1], 2)
 
 
-def fetch_records(
-    ledger: Queryable,
+async def fetch_records(
+    ledger: Ledger,
     *,
     since: float,
     client: str | None = None,
@@ -117,16 +104,8 @@ def fetch_records(
     offset: int = 0,
 ) -> list[dict[str, Any]]:
     """Raw records, newest first, for the admin API."""
-    sql = f"SELECT {', '.join(COLUMNS)} FROM usage_records WHERE received_at >= ?"
-    params: list[Any] = [since]
-    if client is not None:
-        sql += " AND client = ?"
-        params.append(client)
-    sql += " ORDER BY received_at DESC, id LIMIT ? OFFSET ?"
-    params += [limit, offset]
-    records = [dict(zip(COLUMNS, row, strict=True)) for row in ledger.query(sql, params)]
+    records = await ledger.records(since, client, limit, offset)
     for record in records:
-        record["stream"] = bool(record["stream"])
         if record["credits_used"] is not None:
             record["credits_used"] = _exact(record["credits_used"])
     return records

@@ -10,25 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.clients import Client
 from app.config import RouteSettings, Settings
 from app.errors import ModelNotFound, PersonaOverrideForbidden, PersonaRequired
+from app.records import PersonaSource
 
 PERSONA_HEADER = "x-mavera-persona"
-
-
-@dataclass(frozen=True, slots=True)
-class Client:
-    """Who is calling: a named gateway key, or `local` in local-proxy mode."""
-
-    name: str
-    persona_id: str | None = None
-    allow_persona_override: bool | None = None
-    credit_budget: int | None = None
-    budget_period: str = "month"
-    rpm: int | None = None
-
-
-LOCAL_CLIENT = Client(name="local")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +23,7 @@ class Target:
     """Where a request goes: the persona and model, and fields to fill in when absent."""
 
     persona_id: str | None
-    persona_source: str
+    persona_source: PersonaSource
     requested_model: str | None
     upstream_model: str
     defaults: Mapping[str, Any] = field(default_factory=dict)
@@ -56,13 +43,14 @@ def resolve(
     alias = settings.models.get(requested_model) if requested_model else None
     upstream_model = _upstream_model(settings, route, requested_model, alias is not None)
 
-    candidates = (
+    candidates: tuple[tuple[PersonaSource, str | None], ...] = (
         ("model", alias.persona_id if alias else None),
         ("route", route.persona_id),
-        ("client", client.persona_id),
+        ("client", client.spec.persona_id),
         ("default", settings.defaults.persona_id),
     )
-    source, persona = next(((s, p) for s, p in candidates if p), ("none", None))
+    none: tuple[PersonaSource, str | None] = ("none", None)
+    source, persona = next(((s, p) for s, p in candidates if p), none)
 
     override = _requested_override(body, headers)
     if override is not None and override != persona:
@@ -126,7 +114,7 @@ def _requested_override(body: Mapping[str, Any], headers: Mapping[str, str]) -> 
 
 
 def _override_allowed(settings: Settings, route: RouteSettings, client: Client) -> bool:
-    for choice in (client.allow_persona_override, route.allow_persona_override):
+    for choice in (client.spec.allow_persona_override, route.allow_persona_override):
         if choice is not None:
             return choice
     return settings.defaults.allow_persona_override

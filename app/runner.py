@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -17,7 +18,6 @@ from sse_starlette.sse import AppStatus
 from app.background import BackgroundServer
 from app.config import Settings
 from app.ledger.backends import open_ledger
-from app.ledger.keys import list_keys
 from app.logs import configure_logging
 from app.server import create_app
 from app.simulator import SimScript, Simulator, persona_ids
@@ -46,12 +46,16 @@ def is_loopback(host: str) -> bool:
 
 def stored_key_count(settings: Settings) -> int:
     """Active gateway keys: configured ones plus those created with `keys create`."""
-    ledger = open_ledger(settings.ledger.database_url)
-    ledger.open_sync()
-    try:
-        return len(settings.clients) + len(list_keys(ledger, include_revoked=False))
-    finally:
-        ledger.close_sync()
+
+    async def count() -> int:
+        ledger = open_ledger(settings.ledger.database_url)
+        await ledger.open()
+        try:
+            return len(await ledger.keys(include_revoked=False))
+        finally:
+            await ledger.close()
+
+    return len(settings.clients) + asyncio.run(count())
 
 
 def check_exposure(settings: Settings) -> None:

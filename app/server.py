@@ -5,24 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-import orjson
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from app.api import admin, openai
+from app.api import admin, openai, ops
 from app.auth import KeyStore
 from app.config import Settings
 from app.errors import GatewayError, error_body
 from app.ledger.backends import open_ledger
 from app.ledger.writer import LedgerWriter
-from app.limits import Limits, period_start
+from app.limits import Limits
 from app.metrics import Metrics
 from app.state import Gateway
 from app.upstream import Upstream
@@ -30,22 +30,7 @@ from app.upstream import Upstream
 logger = logging.getLogger("mavera_gateway")
 
 KEY_REFRESH_S = 2.0
-
-
-def _v1_routes() -> list[Route]:
-    return [
-        Route("/chat/completions", openai.chat_completions, methods=["POST"]),
-        Route("/responses", openai.responses, methods=["POST"]),
-        Route("/models", openai.list_models, methods=["GET"]),
-        Route("/personas", openai.list_personas, methods=["GET"]),
-    ]
-
-
-# The two generation endpoints, by path suffix, served without the framework's stack.
-_GENERATION = (
-    ("/v1/chat/completions", openai.chat_completions),
-    ("/v1/responses", openai.responses),
-)
+_FastEndpoint = Callable[[Request], Awaitable[Response]]
 
 
 class GatewayApp(FastAPI):
@@ -53,25 +38,36 @@ class GatewayApp(FastAPI):
 
     They are nearly all of the traffic and handle every error themselves; FastAPI's and
     Starlette's layers cost about a fifth of the CPU per request under load (bench/README.md).
-    Everything else, including OpenAPI, 404/405 answers and the admin API, goes the usual way.
+    Which paths qualify is read from the app's own routes (endpoints marked `fast_path`), so
+    there is one route table. Middleware added to this app does not see those requests.
     """
+
+    _fast: list[tuple[re.Pattern[str], _FastEndpoint]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
+            fast = self._fast if self._fast is not None else self._fast_routes()
             path: str = scope["path"]
-            for suffix, handler in _GENERATION:
-                if not path.endswith(suffix):
+            for pattern, endpoint in fast:
+                match = pattern.match(path)
+                if match is None:
                     continue
-                prefix = path[: -len(suffix)]
-                if prefix and (prefix.count("/") != 1 or len(prefix) < 2):
-                    break
                 scope["app"] = self
-                if prefix:
-                    scope["path_params"] = {"route": prefix[1:]}
-                response = await handler(Request(scope, receive))
+                scope["path_params"] = match.groupdict()
+                response = await endpoint(Request(scope, receive))
                 await response(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+    def _fast_routes(self) -> list[tuple[re.Pattern[str], _FastEndpoint]]:
+        self._fast = [
+            (route.path_regex, route.endpoint)
+            for route in self.routes
+            if isinstance(route, APIRoute)
+            and "POST" in (route.methods or ())
+            and getattr(route.endpoint, "fast_path", False)
+        ]
+        return self._fast
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -95,21 +91,16 @@ def create_app(settings: Settings) -> FastAPI:
         title="mavera-gateway",
         summary="OpenAI-compatible gateway in front of the Mavera API",
         lifespan=lifespan,
-        docs_url=None,
         redoc_url=None,
     )
-    app.router.routes.extend(
-        [
-            Mount("/v1", routes=_v1_routes()),
-            Mount("/{route}/v1", routes=_v1_routes()),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
-            *admin.routes(),
-        ]
-    )
+    app.include_router(openai.router, prefix="/v1", tags=["openai"])
+    app.include_router(openai.router, prefix="/{route}/v1", tags=["openai, under a route prefix"])
+    app.include_router(ops.router)
+    app.include_router(admin.router)
+    app.include_router(admin.dashboard_router)
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     return app
 
 
@@ -124,10 +115,11 @@ async def _start(settings: Settings) -> Gateway:
     metrics = Metrics()
     writer = LedgerWriter(
         ledger,
-        metrics,
         batch_size=settings.ledger.batch_size,
         flush_interval_s=settings.ledger.flush_interval_ms / 1000,
         max_buffer=settings.ledger.max_buffer,
+        on_write_failure=metrics.write_failures.inc,
+        on_drop=metrics.dropped.inc,
     )
     writer.start()
     gateway = Gateway(
@@ -139,9 +131,10 @@ async def _start(settings: Settings) -> Gateway:
         metrics=metrics,
         ledger=ledger,
     )
+    metrics.track_queue(writer.depth)
     metrics.track_in_flight(lambda: gateway.in_flight)
     await gateway.reload_keys()
-    await _seed_budgets(gateway)
+    await gateway.seed_budgets()
     return gateway
 
 
@@ -153,46 +146,6 @@ async def _refresh_keys(gateway: Gateway) -> None:
             await gateway.reload_keys()
         except Exception as exc:  # a database hiccup must not stop the refresher
             logger.warning("could not refresh gateway keys: %s", exc)
-
-
-async def _seed_budgets(gateway: Gateway) -> None:
-    """Start each budgeted client's spend from what the ledger already holds for this period."""
-    for client in gateway.keys.clients():
-        if client.credit_budget is None:
-            continue
-        began = period_start(client.budget_period, time.time())
-        rows = await asyncio.to_thread(
-            gateway.ledger.query,
-            "SELECT COALESCE(SUM(credits_used), 0) FROM usage_records "
-            "WHERE client = ? AND received_at >= ?",
-            (client.name, began),
-        )
-        gateway.limits.load_spent(client.name, client.budget_period, began, float(rows[0][0]))
-
-
-async def healthz(request: Request) -> Response:
-    """The process is alive."""
-    return Response(b'{"status":"ok"}', media_type="application/json")
-
-
-async def readyz(request: Request) -> Response:
-    """Ready to serve: the ledger answers and its writer keeps up."""
-    gateway: Gateway = request.app.state.gateway
-    problems = []
-    if not await gateway.ledger.ping():
-        problems.append("ledger database unreachable")
-    if gateway.writer.failing_since is not None:
-        problems.append(f"ledger writes failing; {gateway.writer.depth()} records buffered")
-    if gateway.writer.dropped:
-        problems.append(f"ledger buffer overflowed: {gateway.writer.dropped} records dropped")
-    body = {"status": "not ready" if problems else "ready", "problems": problems}
-    return Response(orjson.dumps(body), 503 if problems else 200, media_type="application/json")
-
-
-async def metrics(request: Request) -> Response:
-    """Prometheus text exposition."""
-    gateway: Gateway = request.app.state.gateway
-    return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
@@ -210,3 +163,18 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         exc.headers,
         media_type="application/json",
     )
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's 422 for bad parameters or bodies, as a 400 in the OpenAI shape."""
+    assert isinstance(exc, RequestValidationError)
+    problems = []
+    param = None
+    for error in exc.errors():
+        where = [
+            str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")
+        ]
+        param = param or (where[-1] if where else None)
+        problems.append(f"{'.'.join(where) or 'body'}: {error.get('msg', 'invalid')}")
+    body = error_body("; ".join(problems), "invalid_request_error", "invalid_request_error", param)
+    return Response(body, 400, media_type="application/json")

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from app.accounting import RequestAccount
 from app.auth import KeyStore
 from app.config import Settings
 from app.errors import RouteNotFound
-from app.ledger.keys import list_keys
-from app.ledger.records import UsageRecord
-from app.ledger.sqlite import SqliteLedger
+from app.ledger.protocol import Ledger
 from app.ledger.writer import LedgerWriter
-from app.limits import Limits
+from app.limits import Limits, period_start
 from app.metrics import Metrics
+from app.records import UsageRecord
 from app.upstream import Upstream
 
 logger = logging.getLogger("mavera_gateway.requests")
@@ -56,7 +55,7 @@ class Gateway:
     limits: Limits
     writer: LedgerWriter
     metrics: Metrics
-    ledger: SqliteLedger
+    ledger: Ledger
     personas_cache: TtlCache = field(default_factory=TtlCache)
 
     def route_of(self, request: Request) -> str | None:
@@ -71,15 +70,24 @@ class Gateway:
 
     in_flight: int = 0
 
-    def begin(self, endpoint: str, request_id: str) -> UsageRecord:
-        """Open the record of a request that just arrived; `finish` must close it."""
+    def begin(self, endpoint: str, request_id: str) -> RequestAccount:
+        """Open the account of a request that just arrived; it is closed exactly once."""
         self.in_flight += 1
-        return UsageRecord(endpoint=endpoint, client="unknown", request_id=request_id)
+        return RequestAccount(endpoint, request_id, self.finish)
 
     async def reload_keys(self) -> None:
         """Pick up the keys stored in the ledger now (created or revoked elsewhere)."""
-        rows = await asyncio.to_thread(list_keys, self.ledger, include_revoked=False)
-        self.keys.replace_stored((row.key_sha256, row.client()) for row in rows)
+        self.keys.replace_stored(await self.ledger.keys(include_revoked=False))
+
+    async def seed_budgets(self) -> None:
+        """Start each budgeted client's spend from what the ledger holds for this period."""
+        for client in self.keys.clients():
+            spec = client.spec
+            if spec.credit_budget is None:
+                continue
+            began = period_start(spec.budget_period, time.time())
+            spent = await self.ledger.spent_since(client.name, began)
+            self.limits.load_spent(client.name, spec.budget_period, began, spent)
 
     def finish(self, record: UsageRecord) -> None:
         """Account for a finished request: ledger, budget, metrics, and one log line."""

@@ -1,8 +1,10 @@
-"""The one pooled connection to Mavera: outgoing headers, retries, and error translation.
+"""The one connection to Mavera: paths, outgoing headers, retries, deadlines, error translation.
 
-Transport errors and upstream failures are translated into GatewayErrors here, once. Retries
-happen only here, so only before any byte has gone to the client, and only on connect errors,
-502 and 503, honouring `Retry-After` up to a cap.
+This is the only module that knows the transport (`app.http1`). Every transport failure becomes
+a GatewayError here, once, and the body of an answer is handed out as an iterator that raises
+nothing else. Retries happen only here, so only before any byte has gone to the client, and only
+when the request provably never reached Mavera (no connection could be opened) or Mavera said
+502/503; a request that was written is never sent again. `Retry-After` is honoured up to a cap.
 """
 
 from __future__ import annotations
@@ -11,17 +13,38 @@ import asyncio
 import logging
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Protocol
 from urllib.parse import urlencode
 
 import orjson
 
 from app.config import UpstreamSettings
-from app.errors import UpstreamAuthFailed, UpstreamTimeout, UpstreamUnavailable
-from app.http1 import ConnectFailed, Pool, ReadTimeout, Response, TransportError
+from app.errors import (
+    GatewayError,
+    UpstreamAuthFailed,
+    UpstreamBusy,
+    UpstreamStreamCut,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from app.http1 import (
+    ConnectFailed,
+    Pool,
+    PoolTimeout,
+    ReadTimeout,
+    TransportError,
+    WriteTimeout,
+)
 
 logger = logging.getLogger("mavera_gateway.upstream")
 
+# Mavera's path for each endpoint the gateway serves.
+UPSTREAM_PATHS = {
+    "chat.completions": "chat/completions",
+    "responses": "responses",
+    "personas": "personas",
+}
 # Client headers worth passing on; everything else (Authorization, cookies, proxies' headers,
 # SDK telemetry) stays at the gateway.
 FORWARDED_REQUEST_HEADERS = ("accept", "accept-language", "user-agent")
@@ -37,6 +60,27 @@ KEY_PATTERN = re.compile(r"mvra_[A-Za-z0-9_\-]+")
 RETRY_STATUSES = frozenset({502, 503})
 RETRY_BASE_DELAY_S = 0.25
 RETRY_MAX_DELAY_S = 4.0
+BUSY_RETRY_AFTER_S = 1
+
+
+class TransportResponse(Protocol):
+    """What the transport hands back once response headers are in."""
+
+    status_code: int
+    headers: dict[str, str]
+
+    def aiter_raw(self) -> AsyncIterator[bytes]: ...
+    async def aread(self) -> bytes: ...
+    async def aclose(self) -> None: ...
+
+
+class Transport(Protocol):
+    """A pooled HTTP/1.1 client to one origin (`app.http1.Pool`; tests pass fakes)."""
+
+    async def request(
+        self, method: str, path: str, headers: Iterable[tuple[str, str]], body: bytes = b""
+    ) -> TransportResponse: ...
+    async def aclose(self) -> None: ...
 
 
 def upstream_headers(
@@ -53,67 +97,98 @@ def upstream_headers(
     return headers
 
 
-def returned_headers(upstream: Response) -> dict[str, str]:
+def returned_headers(found: Mapping[str, str]) -> dict[str, str]:
     """The upstream response headers passed back to the client."""
-    found = upstream.headers
     return {name: found[name] for name in RETURNED_RESPONSE_HEADERS if name in found}
+
+
+class UpstreamReply:
+    """Mavera's answer with its headers in and its body still to come.
+
+    Reading the body raises only GatewayErrors; `aclose` gives the connection back.
+    """
+
+    def __init__(self, response: TransportResponse, read_timeout_s: float) -> None:
+        self._response = response
+        self._read_timeout_s = read_timeout_s
+        self.status_code = response.status_code
+        self.headers = returned_headers(response.headers)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body, chunk by chunk as Mavera sends it."""
+        try:
+            async for chunk in self._response.aiter_raw():
+                yield chunk
+        except ReadTimeout:
+            raise UpstreamTimeout(
+                f"Mavera sent nothing for {self._read_timeout_s:g} s in the middle of its answer"
+            ) from None
+        except TransportError as exc:
+            raise UpstreamStreamCut(f"Mavera cut its answer short: {exc}") from None
+
+    async def read(self) -> bytes:
+        """The whole body; the connection is given back afterwards."""
+        try:
+            return b"".join([chunk async for chunk in self.chunks()])
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Give the connection back (or drop it, if the answer did not end cleanly)."""
+        await self._response.aclose()
 
 
 class Upstream:
     """Sends requests to Mavera and turns failures into the gateway's errors."""
 
-    def __init__(self, settings: UpstreamSettings) -> None:
+    def __init__(self, settings: UpstreamSettings, transport: Transport | None = None) -> None:
         self.settings = settings
         self._api_key = settings.api_key.get_secret_value() if settings.api_key else ""
-        self.pool = Pool(
+        self.transport: Transport = transport or Pool(
             settings.base_url,
             connect_timeout_s=settings.connect_timeout_s,
             read_timeout_s=settings.read_timeout_s,
+            write_timeout_s=settings.write_timeout_s,
+            pool_timeout_s=settings.pool_timeout_s,
             max_connections=settings.max_connections,
+            keepalive_s=settings.keepalive_s,
+            proxy_url=settings.proxy_url,
+            ca_bundle=settings.ca_bundle,
         )
 
-    def headers(self, client_headers: Mapping[str, str], request_id: str) -> dict[str, str]:
-        """Outgoing headers for one request, with the Mavera key."""
-        return upstream_headers(client_headers, self._api_key, request_id)
-
-    async def send(
+    async def open(
         self,
         method: str,
-        path: str,
-        headers: dict[str, str],
-        content: bytes = b"",
+        endpoint: str,
+        client_headers: Mapping[str, str],
+        request_id: str,
+        body: bytes = b"",
         params: Mapping[str, str] | None = None,
-    ) -> Response:
-        """Open the upstream response (body not yet read), retrying what may be retried.
+    ) -> UpstreamReply:
+        """Send one request for `endpoint`; return Mavera's answer once its headers are in.
 
-        Returns 2xx and passable 4xx responses; raises a GatewayError for the rest.
+        Returns 2xx and passable 4xx answers; raises a GatewayError for the rest.
         """
+        path = UPSTREAM_PATHS[endpoint]
         if params:
             path = f"{path}?{urlencode(params)}"
+        headers = upstream_headers(client_headers, self._api_key, request_id).items()
         attempt = 0
         while True:
             try:
-                response = await self.pool.request(method, path, headers.items(), content)
+                response = await self.transport.request(method, path, headers, body)
             except ConnectFailed as exc:
                 if attempt >= self.settings.max_retries:
-                    raise UpstreamUnavailable(
-                        f"cannot reach Mavera at {self.settings.base_url}: {exc}"
-                    ) from None
+                    raise self._translate(exc) from None
                 delay = _backoff(attempt, None)
-            except ReadTimeout:
-                raise UpstreamTimeout(
-                    f"Mavera did not answer within {self.settings.read_timeout_s:g} s"
-                ) from None
             except TransportError as exc:
-                raise UpstreamUnavailable(f"connection to Mavera failed: {exc}") from None
+                raise self._translate(exc) from None
             else:
-                if response.status_code < 500 and response.status_code != 401:
-                    return response
-                if (
-                    response.status_code not in RETRY_STATUSES
-                    or attempt >= self.settings.max_retries
-                ):
-                    raise await _translate_failure(response)
+                status = response.status_code
+                if status < 500 and status != 401:
+                    return UpstreamReply(response, self.settings.read_timeout_s)
+                if status not in RETRY_STATUSES or attempt >= self.settings.max_retries:
+                    raise await _failure(response)
                 delay = _backoff(attempt, response.headers.get("retry-after"))
                 await response.aclose()
             attempt += 1
@@ -122,9 +197,47 @@ class Upstream:
             )
             await asyncio.sleep(delay)
 
+    async def fetch(
+        self,
+        method: str,
+        endpoint: str,
+        client_headers: Mapping[str, str],
+        request_id: str,
+        body: bytes = b"",
+        params: Mapping[str, str] | None = None,
+    ) -> tuple[UpstreamReply, bytes]:
+        """A whole answer, within `total_timeout_s` for everything (retries included)."""
+        limit = self.settings.total_timeout_s
+        try:
+            async with asyncio.timeout(limit):
+                reply = await self.open(method, endpoint, client_headers, request_id, body, params)
+                return reply, await reply.read()
+        except TimeoutError:
+            raise UpstreamTimeout(f"Mavera did not finish answering within {limit:g} s") from None
+
+    def _translate(self, exc: TransportError) -> GatewayError:
+        """The GatewayError for a transport failure before any answer arrived."""
+        if isinstance(exc, ConnectFailed):
+            return UpstreamUnavailable(f"cannot reach Mavera at {self.settings.base_url}: {exc}")
+        if isinstance(exc, PoolTimeout):
+            return UpstreamBusy(
+                f"all {self.settings.max_connections} connections to Mavera stayed busy for "
+                f"{self.settings.pool_timeout_s:g} s; retry shortly",
+                headers={"retry-after": str(BUSY_RETRY_AFTER_S)},
+            )
+        if isinstance(exc, ReadTimeout):
+            return UpstreamTimeout(
+                f"Mavera did not answer within {self.settings.read_timeout_s:g} s"
+            )
+        if isinstance(exc, WriteTimeout):
+            return UpstreamTimeout(
+                f"could not send the request to Mavera within {self.settings.write_timeout_s:g} s"
+            )
+        return UpstreamUnavailable(f"connection to Mavera failed: {exc}")
+
     async def aclose(self) -> None:
-        """Close the pool."""
-        await self.pool.aclose()
+        """Close every connection."""
+        await self.transport.aclose()
 
 
 def _backoff(attempt: int, retry_after: str | None) -> float:
@@ -137,7 +250,7 @@ def _backoff(attempt: int, retry_after: str | None) -> float:
     return delay * (0.5 + random.random() / 2)
 
 
-async def _translate_failure(response: Response) -> Exception:
+async def _failure(response: TransportResponse) -> GatewayError:
     """The GatewayError for an upstream 401 or 5xx, quoting what the upstream said."""
     try:
         body = await response.aread()
@@ -160,15 +273,3 @@ def _upstream_message(body: bytes) -> str:
         return f"{error.get('code')}: {error.get('message')}"
     except (orjson.JSONDecodeError, AttributeError):
         return body[:200].decode("utf-8", "replace") or "no body"
-
-
-async def read_body(response: Response) -> bytes:
-    """The whole body of an opened upstream response, then close it."""
-    try:
-        return await response.aread()
-    except ReadTimeout:
-        raise UpstreamTimeout("Mavera stopped sending the response body") from None
-    except TransportError as exc:
-        raise UpstreamUnavailable(f"connection to Mavera failed: {exc}") from None
-    finally:
-        await response.aclose()

@@ -24,9 +24,10 @@ class Usage:
     credits_used: int | float | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    upstream_id: str | None = None  # Mavera's id of the answer (chatcmpl_..., resp_...)
 
 
-def usage_from_object(usage: Any) -> Usage | None:
+def usage_from_object(usage: Any, answer_id: Any = None) -> Usage | None:
     """Usage from a `usage` object of either format; None if it is not one."""
     if not isinstance(usage, dict):
         return None
@@ -34,6 +35,7 @@ def usage_from_object(usage: Any) -> Usage | None:
         credits_used=_number(usage.get("credits_used")),
         input_tokens=_integer(usage.get("input_tokens", usage.get("prompt_tokens"))),
         output_tokens=_integer(usage.get("output_tokens", usage.get("completion_tokens"))),
+        upstream_id=answer_id if isinstance(answer_id, str) else None,
     )
 
 
@@ -45,7 +47,9 @@ def usage_from_body(body: bytes) -> Usage | None:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    return usage_from_object(parsed.get("usage")) if isinstance(parsed, dict) else None
+    if not isinstance(parsed, dict):
+        return None
+    return usage_from_object(parsed.get("usage"), parsed.get("id"))
 
 
 def usage_from_event(endpoint: str, event: SSEEvent) -> tuple[Usage | None, bool]:
@@ -69,8 +73,8 @@ def usage_from_event(endpoint: str, event: SSEEvent) -> tuple[Usage | None, bool
         response = parsed.get("response")
         if parsed.get("type") != "response.completed" or not isinstance(response, dict):
             return None, False
-        return usage_from_object(response.get("usage")), False
-    usage = usage_from_object(parsed.get("usage"))
+        return usage_from_object(response.get("usage"), response.get("id")), False
+    usage = usage_from_object(parsed.get("usage"), parsed.get("id"))
     return usage, usage is not None and parsed.get("choices") == []
 
 

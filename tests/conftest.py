@@ -3,8 +3,12 @@ and a watch on every log line for the Mavera key."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import random
+import socket
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,7 +20,8 @@ import pytest
 
 from app.background import BackgroundServer
 from app.config import Settings
-from app.ledger.records import COLUMNS
+from app.ledger.sqlite import SqliteLedger, sqlite_path
+from app.records import COLUMNS
 from app.server import create_app
 from app.simulator import Simulator, persona_ids
 from app.state import Gateway
@@ -25,6 +30,49 @@ from app.state import Gateway
 UPSTREAM_KEY = "mvra_live_TESTKEY_do_not_leak_7f3a9c2e51b04d68"
 PERSONAS = persona_ids()
 DEFAULT_PERSONA = PERSONAS[0]
+
+
+def _ephemeral_ports() -> range:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except (OSError, ValueError):
+        return range(32768, 61000)
+    return range(int(low), int(high) + 1)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now, outside the ephemeral range, so that no
+    port-0 bind (such as the simulator `serve --simulate` starts) can take it in the meantime."""
+    ephemeral = _ephemeral_ports()
+    for _ in range(100):
+        port = random.randrange(10000, 30000)
+        if port in ephemeral:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found")
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[SqliteLedger]:
+    """An open, empty SQLite ledger in the test's own directory."""
+    store = SqliteLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    store.open_sync()
+    yield store
+    store.close_sync()
+
+
+def ledger_rows(database_url: str) -> list[dict[str, Any]]:
+    """Every usage record in a SQLite ledger, oldest first, read on a connection of its own."""
+    with contextlib.closing(sqlite3.connect(sqlite_path(database_url))) as db:
+        rows = db.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM usage_records ORDER BY received_at"
+        ).fetchall()
+    return [dict(zip(COLUMNS, row, strict=True)) for row in rows]
 
 
 @pytest.fixture(autouse=True)
@@ -101,9 +149,7 @@ class RunningGateway:
     def records(self) -> list[dict[str, Any]]:
         """Ledger rows, once everything queued has been written."""
         self.flush()
-        ledger = self.state.ledger
-        rows = ledger.query(f"SELECT {', '.join(COLUMNS)} FROM usage_records ORDER BY received_at")
-        return [dict(zip(COLUMNS, row, strict=True)) for row in rows]
+        return ledger_rows(self.settings.ledger.database_url)
 
     def flush(self, timeout_s: float = 5.0) -> None:
         """Wait until every request has finished and its record has been written."""

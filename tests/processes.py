@@ -4,8 +4,6 @@ the process's own stderr are the point."""
 from __future__ import annotations
 
 import os
-import random
-import socket
 import subprocess
 import sys
 import time
@@ -16,31 +14,6 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _ephemeral_ports() -> range:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-    except (OSError, ValueError):
-        return range(32768, 61000)
-    return range(int(low), int(high) + 1)
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now, outside the ephemeral range, so that no
-    port-0 bind (such as the simulator `serve --simulate` starts) can take it in the meantime."""
-    ephemeral = _ephemeral_ports()
-    for _ in range(100):
-        port = random.randrange(10000, 30000)
-        if port in ephemeral:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port found")
 
 
 def gateway_env(tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from app.cli import main
-from app.ledger.records import UsageRecord
 from app.ledger.sqlite import SqliteLedger
+from app.records import UsageRecord
 
 NOW = time.time()
 HOUR = 3600.0
@@ -81,13 +81,10 @@ OLDER = [
 
 
 @pytest.fixture
-def ledger(database: str) -> str:
-    store = SqliteLedger(database)
-    store.open_sync()
-    try:
-        store.write_sync([*RECENT, *OLDER])
-    finally:
-        store.close_sync()
+def filled(database: str, ledger: SqliteLedger) -> str:
+    """The configured database, holding RECENT and OLDER."""
+    assert ledger.path == database.removeprefix("sqlite:///")
+    ledger.write_sync([*RECENT, *OLDER])
     return database
 
 
@@ -143,7 +140,7 @@ def test_keys_revoke_unknown_name_fails_with_a_message(
 # --- usage ------------------------------------------------------------------------------------
 
 
-def test_usage_json_totals_are_exact(ledger: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_usage_json_totals_are_exact(filled: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "usage", "--format", "json")
     assert code == 0, err
     rows = json.loads(out)
@@ -165,7 +162,7 @@ def test_usage_json_totals_are_exact(ledger: str, capsys: pytest.CaptureFixture[
 
 
 def test_usage_table_is_aligned_with_a_header(
-    ledger: str, capsys: pytest.CaptureFixture[str]
+    filled: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = run(capsys, "usage", "--since", "7d")
     assert code == 0, err
@@ -184,7 +181,7 @@ def test_usage_table_is_aligned_with_a_header(
     assert alice[1:5] == ["4", "0", "4.3", "1"], "7d includes alice's 3-day-old request"
 
 
-def test_usage_csv_parses(ledger: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_usage_csv_parses(filled: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "usage", "--format", "csv", "--by", "client")
     assert code == 0, err
     assert out.splitlines()[0] == ",".join(["client", *COLUMNS])
@@ -208,14 +205,14 @@ def test_usage_csv_parses(ledger: str, capsys: pytest.CaptureFixture[str]) -> No
     ],
 )
 def test_usage_by(
-    ledger: str, capsys: pytest.CaptureFixture[str], by: str, groups: dict[str, int]
+    filled: str, capsys: pytest.CaptureFixture[str], by: str, groups: dict[str, int]
 ) -> None:
     code, out, err = run(capsys, "usage", "--by", by, "--format", "json")
     assert code == 0, err
     assert {row[by]: row["requests"] for row in json.loads(out)} == groups
 
 
-def test_usage_by_day(ledger: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_usage_by_day(filled: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "usage", "--by", "day", "--since", "30d", "--format", "json")
     assert code == 0, err
     expected: dict[str, int] = {}
@@ -227,7 +224,7 @@ def test_usage_by_day(ledger: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert [row["day"] for row in rows] == sorted(expected)
 
 
-def test_usage_since_relative_and_date(ledger: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_usage_since_relative_and_date(filled: str, capsys: pytest.CaptureFixture[str]) -> None:
     def clients(*argv: str) -> dict[str, int]:
         code, out, err = run(capsys, "usage", "--format", "json", *argv)
         assert code == 0, err
@@ -242,7 +239,7 @@ def test_usage_since_relative_and_date(ledger: str, capsys: pytest.CaptureFixtur
     assert clients("--since", "30d", "--until", until) == {"alice": 1, "carol": 1}
 
 
-def test_usage_with_nothing_in_the_period(ledger: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_usage_with_nothing_in_the_period(filled: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "usage", "--since", "30m")
     assert code == 0
     assert out.strip() == "no requests in this period"
@@ -251,7 +248,7 @@ def test_usage_with_nothing_in_the_period(ledger: str, capsys: pytest.CaptureFix
 
 @pytest.mark.parametrize("since", ["yesterday", "7x", "2026-13-45", ""])
 def test_usage_bad_since_exits_2_with_a_clear_message(
-    ledger: str, capsys: pytest.CaptureFixture[str], since: str
+    filled: str, capsys: pytest.CaptureFixture[str], since: str
 ) -> None:
     code, out, err = run(capsys, "usage", "--since", since)
     assert code == 2
@@ -262,7 +259,7 @@ def test_usage_bad_since_exits_2_with_a_clear_message(
 
 
 def test_usage_bad_grouping_is_an_argument_error(
-    ledger: str, capsys: pytest.CaptureFixture[str]
+    filled: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["usage", "--by", "colour"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -63,13 +62,6 @@ database_url = "sqlite:///tmp/ledger.db"
 flush_interval_ms = 50
 batch_size = 10
 """
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("MAVERA_"):
-            monkeypatch.delenv(name)
 
 
 def write(tmp_path: Path, text: str, name: str = "gateway.toml") -> Path:

@@ -23,8 +23,8 @@ import pytest
 
 from app.simulator import Simulator
 from tests.clients.image import DOCKERFILE, Image, build_image, exec_form, split_flags, stages
-from tests.clients.support import free_port, missing, run, venv_tool
-from tests.conftest import DEFAULT_PERSONA, UPSTREAM_KEY
+from tests.clients.support import missing, run, venv_tool
+from tests.conftest import DEFAULT_PERSONA, UPSTREAM_KEY, free_port
 
 CLIENT_KEY = "sk-sidecar-app-key-0123456789"
 

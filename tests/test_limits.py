@@ -6,9 +6,9 @@ import calendar
 
 import pytest
 
+from app.clients import Client, ClientSpec
 from app.errors import BudgetExceeded, RateLimited
 from app.limits import Limits, period_start
-from app.routing import Client
 
 
 class Clock:
@@ -77,7 +77,7 @@ def test_period_start_exactly_at_the_boundary() -> None:
 def test_rpm_allows_n_then_refuses() -> None:
     clock = Clock(WEDNESDAY)
     limits = Limits(clock)
-    client = Client(name="alice", rpm=3)
+    client = Client("alice", ClientSpec(rpm=3))
     for _ in range(3):
         limits.admit(client)
     with pytest.raises(RateLimited) as caught:
@@ -92,7 +92,7 @@ def test_rpm_allows_n_then_refuses() -> None:
 def test_retry_after_counts_down() -> None:
     clock = Clock(WEDNESDAY)
     limits = Limits(clock)
-    client = Client(name="alice", rpm=2)
+    client = Client("alice", ClientSpec(rpm=2))
     limits.admit(client)
     clock.advance(5)
     limits.admit(client)
@@ -109,7 +109,7 @@ def test_retry_after_counts_down() -> None:
 def test_retry_after_is_at_least_one_second() -> None:
     clock = Clock(WEDNESDAY)
     limits = Limits(clock)
-    client = Client(name="alice", rpm=1)
+    client = Client("alice", ClientSpec(rpm=1))
     limits.admit(client)
     clock.advance(59.9)
     with pytest.raises(RateLimited) as caught:
@@ -120,7 +120,7 @@ def test_retry_after_is_at_least_one_second() -> None:
 def test_sliding_window_reopens_after_sixty_seconds() -> None:
     clock = Clock(WEDNESDAY)
     limits = Limits(clock)
-    client = Client(name="alice", rpm=2)
+    client = Client("alice", ClientSpec(rpm=2))
     limits.admit(client)
     clock.advance(30)
     limits.admit(client)
@@ -138,7 +138,7 @@ def test_sliding_window_reopens_after_sixty_seconds() -> None:
 def test_refused_requests_do_not_fill_the_window() -> None:
     clock = Clock(WEDNESDAY)
     limits = Limits(clock)
-    client = Client(name="alice", rpm=1)
+    client = Client("alice", ClientSpec(rpm=1))
     limits.admit(client)
     for _ in range(5):
         clock.advance(10)
@@ -150,7 +150,7 @@ def test_refused_requests_do_not_fill_the_window() -> None:
 
 def test_rate_limits_are_per_client() -> None:
     limits = Limits(Clock(WEDNESDAY))
-    alice, bob = Client(name="alice", rpm=1), Client(name="bob", rpm=1)
+    alice, bob = Client("alice", ClientSpec(rpm=1)), Client("bob", ClientSpec(rpm=1))
     limits.admit(alice)
     limits.admit(bob)
     with pytest.raises(RateLimited):
@@ -159,7 +159,7 @@ def test_rate_limits_are_per_client() -> None:
 
 def test_no_rpm_means_no_limit() -> None:
     limits = Limits(Clock(WEDNESDAY))
-    client = Client(name="alice")
+    client = Client("alice")
     for _ in range(1000):
         limits.admit(client)
 
@@ -169,7 +169,7 @@ def test_no_rpm_means_no_limit() -> None:
 
 def test_budget_charged_up_to_limit_then_refused() -> None:
     limits = Limits(Clock(WEDNESDAY))
-    client = Client(name="alice", credit_budget=10, budget_period="day")
+    client = Client("alice", ClientSpec(credit_budget=10, budget_period="day"))
     limits.admit(client)
     limits.charge("alice", 4)
     limits.admit(client)
@@ -188,7 +188,7 @@ def test_budget_charged_up_to_limit_then_refused() -> None:
 
 def test_overshoot_from_in_flight_requests_is_counted() -> None:
     limits = Limits(Clock(WEDNESDAY))
-    client = Client(name="alice", credit_budget=10)
+    client = Client("alice", ClientSpec(credit_budget=10))
     limits.admit(client)
     limits.admit(client)
     limits.charge("alice", 8)
@@ -201,12 +201,12 @@ def test_overshoot_from_in_flight_requests_is_counted() -> None:
 def test_zero_budget_refuses_at_once() -> None:
     limits = Limits(Clock(WEDNESDAY))
     with pytest.raises(BudgetExceeded):
-        limits.admit(Client(name="alice", credit_budget=0))
+        limits.admit(Client("alice", ClientSpec(credit_budget=0)))
 
 
 def test_no_budget_means_unlimited_spend() -> None:
     limits = Limits(Clock(WEDNESDAY))
-    client = Client(name="alice")
+    client = Client("alice")
     limits.admit(client)
     limits.charge("alice", 1_000_000)
     limits.admit(client)
@@ -223,7 +223,7 @@ def test_no_budget_means_unlimited_spend() -> None:
 def test_new_period_resets_the_budget(period: str, to_next: float) -> None:
     clock = Clock(WEDNESDAY)
     limits = Limits(clock)
-    client = Client(name="alice", credit_budget=5, budget_period=period)
+    client = Client("alice", ClientSpec(credit_budget=5, budget_period=period))
     limits.admit(client)
     limits.charge("alice", 5)
     clock.advance(to_next - 1)
@@ -239,7 +239,7 @@ def test_new_period_resets_the_budget(period: str, to_next: float) -> None:
 def test_total_budget_never_resets() -> None:
     clock = Clock(WEDNESDAY)
     limits = Limits(clock)
-    client = Client(name="alice", credit_budget=5, budget_period="total")
+    client = Client("alice", ClientSpec(credit_budget=5, budget_period="total"))
     limits.admit(client)
     limits.charge("alice", 5)
     clock.advance(400 * 86400)
@@ -252,7 +252,7 @@ def test_load_spent_seeds_the_current_period() -> None:
     began = period_start("month", WEDNESDAY)
     limits.load_spent("alice", "month", began, 99)
     assert limits.spent("alice", "month") == 99
-    client = Client(name="alice", credit_budget=100)
+    client = Client("alice", ClientSpec(credit_budget=100))
     limits.admit(client)
     limits.charge("alice", 1)
     with pytest.raises(BudgetExceeded):
@@ -263,7 +263,7 @@ def test_load_spent_for_an_earlier_period_counts_nothing() -> None:
     limits = Limits(Clock(WEDNESDAY))
     limits.load_spent("alice", "day", period_start("day", WEDNESDAY) - 86400, 99)
     assert limits.spent("alice", "day") == 0
-    limits.admit(Client(name="alice", credit_budget=10, budget_period="day"))
+    limits.admit(Client("alice", ClientSpec(credit_budget=10, budget_period="day")))
 
 
 def test_charge_before_admission_uses_the_seeded_period() -> None:
@@ -275,8 +275,8 @@ def test_charge_before_admission_uses_the_seeded_period() -> None:
 
 def test_budgets_are_per_client() -> None:
     limits = Limits(Clock(WEDNESDAY))
-    alice = Client(name="alice", credit_budget=1)
-    bob = Client(name="bob", credit_budget=1)
+    alice = Client("alice", ClientSpec(credit_budget=1))
+    bob = Client("bob", ClientSpec(credit_budget=1))
     limits.admit(alice)
     limits.charge("alice", 1)
     with pytest.raises(BudgetExceeded):

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import calendar
+import contextlib
 import csv
 import io
 import json
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from app.ledger.records import COLUMNS, UsageRecord
+from app import reports
 from app.ledger.sqlite import SqliteLedger
-from app.reports import fetch_records, parse_time, render, summarize
+from app.records import COLUMNS, UsageRecord
+from app.reports import parse_time, render
 
 
 def utc(*parts: int) -> float:
@@ -29,12 +31,21 @@ HOUR = 3600.0
 DAY = 86400.0
 
 
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[SqliteLedger]:
-    store = SqliteLedger("sqlite:///" + str(tmp_path / "l.db"))
-    store.open_sync()
-    yield store
-    store.close_sync()
+def summarize(ledger: SqliteLedger, **options: Any) -> list[dict[str, Any]]:
+    return asyncio.run(reports.summarize(ledger, **options))
+
+
+def fetch_records(ledger: SqliteLedger, **options: Any) -> list[dict[str, Any]]:
+    return asyncio.run(reports.fetch_records(ledger, **options))
+
+
+def query(ledger: SqliteLedger, sql: str) -> list[tuple[Any, ...]]:
+    """Raw SQL on a connection of the test's own."""
+    with contextlib.closing(sqlite3.connect(ledger.path)) as db:
+        return db.execute(sql).fetchall()
+
+
+MIGRATIONS = ["0001_usage_records", "0002_gateway_keys", "0003_persona_source"]
 
 
 def record(**fields: Any) -> UsageRecord:
@@ -440,6 +451,7 @@ def test_fetch_records_round_trips_a_record(ledger: SqliteLedger) -> None:
         upstream_request_id="up-1",
         request_id="req-1",
         error_code=None,
+        persona_source="model",
     )
     ledger.write_sync([original])
     (stored,) = fetch_records(ledger, since=0)
@@ -474,7 +486,7 @@ def test_fetch_records_ties_are_stable(ledger: SqliteLedger) -> None:
 
 
 def test_migrations_are_recorded_in_order(ledger: SqliteLedger) -> None:
-    assert ledger.applied_migrations() == ["0001_usage_records", "0002_gateway_keys"]
+    assert asyncio.run(ledger.applied_migrations()) == MIGRATIONS
 
 
 def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
@@ -482,15 +494,15 @@ def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
     first = SqliteLedger(url)
     first.open_sync()
     first.write_sync([record(client="a", received_at=NOW)])
-    applied = first.query("SELECT name, applied_at FROM schema_migrations ORDER BY name")
+    applied = query(first, "SELECT name, applied_at FROM schema_migrations ORDER BY name")
     first.close_sync()
 
     again = SqliteLedger(url)
     again.open_sync()
     again.open_sync()  # a second open on the same object is a no-op
-    assert again.applied_migrations() == ["0001_usage_records", "0002_gateway_keys"]
-    assert again.query("SELECT name, applied_at FROM schema_migrations ORDER BY name") == applied
-    assert again.query("SELECT COUNT(*) FROM usage_records") == [(1,)]
+    assert asyncio.run(again.applied_migrations()) == MIGRATIONS
+    assert query(again, "SELECT name, applied_at FROM schema_migrations ORDER BY name") == applied
+    assert query(again, "SELECT COUNT(*) FROM usage_records") == [(1,)]
     again.close_sync()
 
 
@@ -499,7 +511,7 @@ def test_same_record_written_twice_is_stored_once(ledger: SqliteLedger) -> None:
     ledger.write_sync([one])
     ledger.write_sync([one])
     ledger.write_sync([one, one])
-    assert ledger.query("SELECT COUNT(*) FROM usage_records") == [(1,)]
+    assert query(ledger, "SELECT COUNT(*) FROM usage_records") == [(1,)]
     (row,) = summarize(ledger, since=NOW - 1, until=NOW + 1)
     assert row["credits"] == 5
 
@@ -507,7 +519,7 @@ def test_same_record_written_twice_is_stored_once(ledger: SqliteLedger) -> None:
 def test_closed_ledger_refuses_queries(tmp_path: Path) -> None:
     store = SqliteLedger("sqlite:///" + str(tmp_path / "l.db"))
     with pytest.raises(RuntimeError, match="not open"):
-        store.query("SELECT 1")
+        asyncio.run(store.records(0, None, 10, 0))
     store.open_sync()
     store.close_sync()
     with pytest.raises(RuntimeError, match="not open"):
@@ -520,6 +532,6 @@ def test_failed_batch_writes_nothing(ledger: SqliteLedger) -> None:
     bad.endpoint = None  # type: ignore[assignment]  # violates NOT NULL
     with pytest.raises(sqlite3.IntegrityError):
         ledger.write_sync([good, bad])
-    assert ledger.query("SELECT COUNT(*) FROM usage_records") == [(0,)]
+    assert query(ledger, "SELECT COUNT(*) FROM usage_records") == [(0,)]
     ledger.write_sync([good])  # the connection is usable again
-    assert ledger.query("SELECT COUNT(*) FROM usage_records") == [(1,)]
+    assert query(ledger, "SELECT COUNT(*) FROM usage_records") == [(1,)]

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
 from starlette.datastructures import Headers
 
+from app.clients import LOCAL_CLIENT, Client, ClientSpec
 from app.config import Settings
 from app.errors import ModelNotFound, PersonaOverrideForbidden, PersonaRequired
-from app.routing import LOCAL_CLIENT, Client, Target, apply_target, resolve
+from app.routing import Target, apply_target, resolve
 
 NO_HEADERS: dict[str, str] = {}
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("MAVERA_"):
-            monkeypatch.delenv(name)
 
 
 def full_settings(**defaults: Any) -> Settings:
@@ -34,7 +27,7 @@ def full_settings(**defaults: Any) -> Settings:
     )
 
 
-CLIENT = Client(name="alice", persona_id="p-client")
+CLIENT = Client("alice", ClientSpec(persona_id="p-client"))
 
 
 # --- persona precedence ---------------------------------------------------------------------
@@ -144,7 +137,7 @@ def allowed(default: bool, route: bool | None, client: bool | None) -> bool:
         defaults={"persona_id": "p", "allow_persona_override": default},
         routes={"r": {"allow_persona_override": route}},
     )
-    who = Client(name="c", allow_persona_override=client)
+    who = Client("c", ClientSpec(allow_persona_override=client))
     try:
         resolve(settings, "r", who, {"persona_id": "other"}, NO_HEADERS)
     except PersonaOverrideForbidden:

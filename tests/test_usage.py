@@ -189,13 +189,16 @@ def completed(usage: dict[str, Any]) -> dict[str, Any]:
 def test_responses_completed_event_carries_usage() -> None:
     data = completed({"input_tokens": 42, "output_tokens": 68, "credits_used": 3})
     usage, usage_only = usage_from_event(RESPONSES, event(data, "response.completed"))
-    assert usage == Usage(credits_used=3, input_tokens=42, output_tokens=68)
+    assert usage == Usage(credits_used=3, input_tokens=42, output_tokens=68, upstream_id="resp_1")
     assert usage_only is False
 
 
 def test_responses_completed_without_event_line() -> None:
     data = completed({"credits_used": 1.25})
-    assert usage_from_event(RESPONSES, event(data)) == (Usage(credits_used=1.25), False)
+    assert usage_from_event(RESPONSES, event(data)) == (
+        Usage(credits_used=1.25, upstream_id="resp_1"),
+        False,
+    )
 
 
 @pytest.mark.parametrize(
@@ -261,3 +264,16 @@ def test_client_asked_itself_body_unchanged() -> None:
     before = copy.deepcopy(request)
     assert ask_for_stream_usage(request) is False
     assert request == before
+
+
+def test_the_answer_id_comes_with_the_usage() -> None:
+    # Mavera documents no request-id header: its answer id is what its support can look up.
+    chat = body({"id": "chatcmpl_abc", "object": "chat.completion", "usage": {"credits_used": 2}})
+    assert usage_from_body(chat) == Usage(credits_used=2, upstream_id="chatcmpl_abc")
+    chunk = '{"id":"chatcmpl_s","choices":[],"usage":{"credits_used":1}}'
+    assert usage_from_event(CHAT, event(chunk)) == (
+        Usage(credits_used=1, upstream_id="chatcmpl_s"),
+        True,
+    )
+    not_a_string = body({"id": 7, "usage": {"credits_used": 2}})
+    assert usage_from_body(not_a_string) == Usage(credits_used=2)

@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import time
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
+from fastapi import APIRouter, Depends, Query
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
-from app.auth import key_digest
+from app.api.schemas import (
+    ERRORS,
+    CreatedKey,
+    KeyList,
+    NewKey,
+    RecordPage,
+    Revoked,
+    UsageReport,
+)
+from app.auth import issue_key, key_digest
+from app.clients import ClientSpec, InvalidClientSpec
 from app.errors import GatewayError, InvalidApiKey, InvalidRequest
-from app.ledger.keys import KeyExists, create_key, list_keys, revoke_key
+from app.ledger.protocol import REPORT_GROUPS, KeyExists, ReportGroup
 from app.reports import fetch_records, parse_time, summarize
 from app.state import Gateway
 
 MAX_PAGE = 1000
+_bearer = HTTPBearer(auto_error=False, description="the admin key (MAVERA_GATEWAY_ADMIN_KEY)")
 
 
 class AdminDisabled(GatewayError):
@@ -29,132 +40,127 @@ class AdminDisabled(GatewayError):
     outcome = "client_error"
 
 
-def routes() -> list[Route]:
-    """The /admin/* routes."""
-    return [
-        Route("/admin/usage", usage, methods=["GET"]),
-        Route("/admin/usage/records", records, methods=["GET"]),
-        Route("/admin/keys", keys, methods=["GET", "POST", "DELETE"]),
-        Route("/admin/keys/{name}", delete_key, methods=["DELETE"]),
-        Route("/dashboard", dashboard, methods=["GET"]),
-    ]
-
-
-async def dashboard(request: Request) -> Response:
-    """GET /dashboard: a page that shows /admin/usage; it asks for the admin key itself."""
+def _gateway(request: Request) -> Gateway:
     gateway: Gateway = request.app.state.gateway
-    if gateway.settings.admin.key is None:
-        raise AdminDisabled("the dashboard is off: set MAVERA_GATEWAY_ADMIN_KEY to enable it")
-    page = resources.files("app").joinpath("static/dashboard.html").read_bytes()
-    return Response(page, media_type="text/html; charset=utf-8")
+    return gateway
 
 
-def _admin(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
+def admin_gateway(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Gateway:
+    """The gateway, for a request that carries the admin key; else the error that says why."""
+    gateway = _gateway(request)
     configured = gateway.settings.admin.key
     if configured is None:
         raise AdminDisabled("the admin API is off: set MAVERA_GATEWAY_ADMIN_KEY to enable it")
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = credentials.credentials.strip() if credentials else ""
     expected = key_digest(configured.get_secret_value())
-    if scheme.lower() != "bearer" or not hmac.compare_digest(key_digest(token.strip()), expected):
+    if not token or not hmac.compare_digest(key_digest(token), expected):
         raise InvalidApiKey("admin endpoints need 'Authorization: Bearer <admin key>'")
     return gateway
+
+
+Admin = Annotated[Gateway, Depends(admin_gateway)]
+router = APIRouter(prefix="/admin", tags=["admin"], responses={**ERRORS, 404: ERRORS[400]})
 
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status, media_type="application/json")
 
 
-def _since(request: Request, name: str = "since", default: str = "24h") -> float:
+def _time(text: str, name: str) -> float:
     try:
-        return parse_time(request.query_params.get(name) or default)
+        return parse_time(text)
     except ValueError as exc:
         raise InvalidRequest(str(exc), param=name) from None
 
 
-def _int(request: Request, name: str, default: int, maximum: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or int(raw) > maximum:
-        raise InvalidRequest(f"{name} must be a whole number from 0 to {maximum}", param=name)
-    return int(raw)
-
-
-async def usage(request: Request) -> Response:
+@router.get("/usage", summary="Usage totals per group", response_model=UsageReport)
+async def usage(
+    gateway: Admin,
+    since: Annotated[str, Query(description="30m, 24h, 7d, 2w or an ISO date")] = "24h",
+    until: Annotated[str | None, Query(description="end of the period (default now)")] = None,
+    by: Annotated[ReportGroup, Query(description=", ".join(REPORT_GROUPS))] = "client",
+) -> Response:
     """GET /admin/usage?since=&until=&by=: grouped totals."""
-    gateway = _admin(request)
-    since = _since(request)
-    until = parse_time(request.query_params["until"]) if "until" in request.query_params else None
-    by = request.query_params.get("by", "client")
-    try:
-        rows = await asyncio.to_thread(summarize, gateway.ledger, since=since, until=until, by=by)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), param="by") from None
-    return _json({"object": "list", "by": by, "since": since, "until": until, "data": rows})
+    start = _time(since, "since")
+    end = _time(until, "until") if until is not None else None
+    rows = await summarize(gateway.ledger, since=start, until=end, by=by)
+    return _json({"object": "list", "by": by, "since": start, "until": end, "data": rows})
 
 
-async def records(request: Request) -> Response:
+@router.get("/usage/records", summary="Raw usage records, newest first", response_model=RecordPage)
+async def records(
+    gateway: Admin,
+    since: Annotated[str, Query(description="30m, 24h, 7d, 2w or an ISO date")] = "24h",
+    client: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=0, le=MAX_PAGE)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> Response:
     """GET /admin/usage/records?since=&client=&limit=&offset=: raw records, newest first."""
-    gateway = _admin(request)
-    since = _since(request)
-    limit = _int(request, "limit", 100, MAX_PAGE)
-    offset = _int(request, "offset", 0, 10**9)
-    rows = await asyncio.to_thread(
-        fetch_records,
-        gateway.ledger,
-        since=since,
-        client=request.query_params.get("client"),
-        limit=limit + 1,
-        offset=offset,
+    start = _time(since, "since")
+    rows = await fetch_records(
+        gateway.ledger, since=start, client=client, limit=limit + 1, offset=offset
     )
     has_more = len(rows) > limit
-    page = rows[:limit]
     return _json(
         {
             "object": "list",
-            "data": page,
+            "data": rows[:limit],
             "has_more": has_more,
             "next_offset": offset + limit if has_more else None,
         }
     )
 
 
-async def keys(request: Request) -> Response:
-    """GET lists keys (never the keys themselves); POST creates one; DELETE ?name= revokes."""
-    gateway = _admin(request)
-    if request.method == "GET":
-        rows = await asyncio.to_thread(list_keys, gateway.ledger)
-        return _json({"object": "list", "data": [row.public() for row in rows]})
-    if request.method == "DELETE":
-        return await _revoke(gateway, request.query_params.get("name", ""))
+@router.get("/keys", summary="Clients with keys (never the keys)", response_model=KeyList)
+async def list_keys(gateway: Admin) -> Response:
+    """GET /admin/keys: every stored key's client and settings, revoked ones included."""
+    data = [key.public() for key in await gateway.ledger.keys()]
+    return _json({"object": "list", "data": data})
+
+
+@router.post(
+    "/keys",
+    summary="Create a client's key (shown once)",
+    status_code=201,
+    response_model=CreatedKey,
+)
+async def create_key(gateway: Admin, new: NewKey) -> Response:
+    """POST /admin/keys: validate the client's settings, store a new key, return it once."""
     try:
-        spec = orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("body must be a JSON object with at least a name") from None
-    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
-        raise InvalidRequest("body must be a JSON object with a non-empty name", param="name")
-    allowed = {"persona_id", "credit_budget", "rpm", "budget_period", "allow_persona_override"}
-    unknown = set(spec) - allowed - {"name"}
-    if unknown:
-        raise InvalidRequest(f"unknown fields: {', '.join(sorted(unknown))}")
-    try:
-        key = await asyncio.to_thread(
-            create_key, gateway.ledger, spec["name"], **{k: spec[k] for k in allowed if k in spec}
-        )
+        spec = ClientSpec.model_validate(new.model_dump(exclude={"name"}))
+        key = await issue_key(gateway.ledger, new.name, spec)
+    except InvalidClientSpec as exc:
+        raise InvalidRequest(str(exc), param=exc.field) from None
     except KeyExists as exc:
         raise InvalidRequest(str(exc), param="name") from None
     await gateway.reload_keys()
-    return _json({"name": spec["name"], "key": key, "created_at": time.time()}, 201)
+    return _json({"name": new.name, "key": key, "created_at": time.time()}, 201)
 
 
-async def delete_key(request: Request) -> Response:
+@router.delete("/keys/{name}", summary="Revoke a client's key now", response_model=Revoked)
+async def revoke_key(gateway: Admin, name: str) -> Response:
     """DELETE /admin/keys/{name}: revoke a client's key now."""
-    return await _revoke(_admin(request), request.path_params["name"])
-
-
-async def _revoke(gateway: Gateway, name: str) -> Response:
-    if not await asyncio.to_thread(revoke_key, gateway.ledger, name):
+    if not await gateway.ledger.revoke_key(name, time.time()):
         raise InvalidRequest(f"no active key named {name!r}", param="name")
     await gateway.reload_keys()
     return _json({"name": name, "revoked": True})
+
+
+dashboard_router = APIRouter(tags=["admin"])
+
+
+@dashboard_router.get(
+    "/dashboard",
+    summary="Usage dashboard (asks for the admin key itself)",
+    response_class=Response,
+    responses={200: {"content": {"text/html": {}}}, 404: ERRORS[400]},
+)
+async def dashboard(request: Request) -> Response:
+    """GET /dashboard: a page that shows /admin/usage; it asks for the admin key itself."""
+    if _gateway(request).settings.admin.key is None:
+        raise AdminDisabled("the dashboard is off: set MAVERA_GATEWAY_ADMIN_KEY to enable it")
+    page = resources.files("app").joinpath("static/dashboard.html").read_bytes()
+    return Response(page, media_type="text/html; charset=utf-8")

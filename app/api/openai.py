@@ -1,29 +1,66 @@
-"""The OpenAI-compatible endpoints: chat completions, responses, models, personas."""
+"""The OpenAI-compatible endpoints: chat completions, responses, models, personas.
+
+Declared once on `router`; `server.py` mounts it under `/v1` and `/{route}/v1`, and serves the
+two generation endpoints from the same declarations on its fast path (`fast_path` marks them).
+"""
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.errors import BodyTooLarge, GatewayError, InternalError, InvalidRequest
-from app.ledger.records import UsageRecord, new_id, outcome_for_status
-from app.relay import ClientGone, StreamRelay, unless_disconnected
+from app.accounting import RequestAccount
+from app.api.schemas import (
+    ERRORS,
+    GENERATION_ERRORS,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ModelList,
+    PersonaList,
+    ResponseObject,
+    ResponsesRequest,
+)
+from app.errors import BodyTooLarge, InvalidRequest
+from app.records import new_id
+from app.relay import StreamRelay, unless_disconnected
 from app.routing import apply_target, resolve
 from app.state import Gateway
-from app.upstream import read_body, returned_headers
 from app.usage import CHAT, RESPONSES, ask_for_stream_usage, usage_from_body
 
-logger = logging.getLogger("mavera_gateway.api")
-
-_Handler = Callable[[Gateway, Request, UsageRecord], Awaitable[Response]]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-UPSTREAM_PATHS = {CHAT: "chat/completions", RESPONSES: "responses"}
+_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Awaitable[Response]])
+router = APIRouter()
+
+
+def fast_path(endpoint: _Endpoint) -> _Endpoint:
+    """Mark an endpoint that serves itself completely, so the app may call it directly."""
+    endpoint.__dict__["fast_path"] = True
+    return endpoint
+
+
+def _generation_docs(request_model: type[Any], answer_model: type[Any]) -> dict[str, Any]:
+    return {
+        "openapi_extra": {
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": request_model.model_json_schema()}},
+            }
+        },
+        "responses": {
+            200: {
+                "model": answer_model,
+                "description": "the answer; with `stream: true`, Mavera's SSE stream as it sent it",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            **GENERATION_ERRORS,
+        },
+    }
 
 
 def request_id_for(request: Request) -> str:
@@ -32,87 +69,80 @@ def request_id_for(request: Request) -> str:
     return given if _REQUEST_ID.match(given) else new_id()
 
 
+@router.post(
+    "/chat/completions",
+    summary="Chat completion (OpenAI format), persona and key injected",
+    **_generation_docs(ChatCompletionRequest, ChatCompletion),
+)
+@fast_path
 async def chat_completions(request: Request) -> Response:
     """POST /v1/chat/completions."""
     return await proxy_generation(request, CHAT)
 
 
+@router.post(
+    "/responses",
+    summary="Response (OpenAI Responses format), persona and key injected",
+    **_generation_docs(ResponsesRequest, ResponseObject),
+)
+@fast_path
 async def responses(request: Request) -> Response:
     """POST /v1/responses."""
     return await proxy_generation(request, RESPONSES)
 
 
 async def proxy_generation(request: Request, endpoint: str) -> Response:
-    """Authenticate, resolve persona and model, forward, relay, and record one request."""
+    """Authenticate, resolve persona and model, forward, relay, and account for one request."""
     gateway: Gateway = request.app.state.gateway
-    record = gateway.begin(endpoint, request_id_for(request))
-    reply_headers = {"x-request-id": record.request_id}
+    account = gateway.begin(endpoint, request_id_for(request))
+    reply_headers = {"x-request-id": account.request_id}
     try:
-        route = record.route = gateway.route_of(request)
+        route = gateway.route_of(request)
         client = gateway.keys.authenticate(request.headers)
-        record.client = client.name
+        account.caller(route, client)
         body = await read_json_object(request, gateway.settings.server.max_body_bytes)
-        user = body.get("user")
-        record.end_user = user if isinstance(user, str) else None
-        record.stream = body.get("stream") is True
+        account.request(body)
         target = resolve(gateway.settings, route, client, body, request.headers)
-        record.requested_model = target.requested_model
-        record.upstream_model = target.upstream_model
-        record.persona_id = target.persona_id
+        account.target(target)
         apply_target(target, body)
-        drop_usage_chunk = endpoint == CHAT and record.stream and ask_for_stream_usage(body)
+        stream = body.get("stream") is True
+        drop_usage = endpoint == CHAT and stream and ask_for_stream_usage(body)
         gateway.limits.admit(client)
-        upstream = await unless_disconnected(
-            request.receive,
-            gateway.upstream.send(
-                "POST",
-                UPSTREAM_PATHS[endpoint],
-                gateway.upstream.headers(request.headers, record.request_id),
-                orjson.dumps(body),
-            ),
-        )
-        reply_headers.update(returned_headers(upstream))
-        if record.stream and upstream.status_code < 300:
-            return StreamRelay(
-                upstream,
-                reply_headers,
-                record,
-                gateway.finish,
-                endpoint=endpoint,
-                drop_usage_chunk=drop_usage_chunk,
+        content = orjson.dumps(body)
+        upstream = gateway.upstream
+        if stream:
+            reply = await unless_disconnected(
+                request.receive,
+                upstream.open("POST", endpoint, request.headers, account.request_id, content),
             )
-        content = await unless_disconnected(request.receive, read_body(upstream))
-        _close_with_body(record, upstream.status_code, content)
-        gateway.finish(record)
-        return Response(content, upstream.status_code, reply_headers)
-    except GatewayError as exc:
-        record.finish(exc.status, exc.outcome, exc.code)
-        gateway.finish(record)
-        return exc.response(reply_headers)
-    except ClientGone:
-        record.finish(499, "client_disconnected", "client_disconnected")
-        gateway.finish(record)
-        return Response(status_code=499)
-    except Exception:
-        logger.exception("unexpected error handling request %s", record.request_id)
-        error = InternalError("the gateway failed unexpectedly; see its log for request id")
-        record.finish(error.status, error.outcome, error.code)
-        gateway.finish(record)
-        return error.response(reply_headers)
+            reply_headers.update(reply.headers)
+            if reply.status_code < 300:
+                return StreamRelay(
+                    reply, reply_headers, account, endpoint=endpoint, drop_usage_chunk=drop_usage
+                )
+            answer = await unless_disconnected(request.receive, reply.read())
+        else:
+            reply, answer = await unless_disconnected(
+                request.receive,
+                upstream.fetch("POST", endpoint, request.headers, account.request_id, content),
+            )
+            reply_headers.update(reply.headers)
+        _account_answer(account, reply.status_code, answer)
+        return Response(answer, reply.status_code, reply_headers)
+    except BaseException as exc:
+        error = account.failed(exc)
+        if not isinstance(exc, Exception):
+            raise
+        return error.response(reply_headers) if error else Response(status_code=499)
 
 
-def _close_with_body(record: UsageRecord, status: int, content: bytes) -> None:
-    record.mark_first_byte()
-    error_code = None
+def _account_answer(account: RequestAccount, status: int, content: bytes) -> None:
+    account.first_byte()
     if status < 300:
-        usage = usage_from_body(content)
-        if usage is not None:
-            record.credits_used = usage.credits_used
-            record.input_tokens = usage.input_tokens
-            record.output_tokens = usage.output_tokens
+        account.usage(usage_from_body(content))
+        account.answered(status)
     else:
-        error_code = _error_code(content)
-    record.finish(status, outcome_for_status(status), error_code)
+        account.answered(status, _error_code(content))
 
 
 def _error_code(content: bytes) -> str | None:
@@ -144,38 +174,51 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
     return body
 
 
+@router.get(
+    "/models",
+    summary="Model names this gateway serves: Mavera's model and every alias",
+    response_model=ModelList,
+    responses=ERRORS,
+)
 async def list_models(request: Request) -> Response:
     """GET /v1/models: the upstream model plus every configured alias, in OpenAI list shape."""
-    return await _recorded(request, "models", _models)
+    return await _accounted(request, "models", _models)
 
 
+@router.get(
+    "/personas",
+    summary="Mavera's personas, passed through and cached briefly (costs no credits)",
+    response_model=PersonaList,
+    responses={**ERRORS, 502: GENERATION_ERRORS[502]},
+)
 async def list_personas(request: Request) -> Response:
     """GET /v1/personas: Mavera's persona list, passed through and cached briefly (no credits)."""
-    return await _recorded(request, "personas", _personas)
+    return await _accounted(request, "personas", _personas)
 
 
-async def _recorded(request: Request, endpoint: str, handler: _Handler) -> Response:
+_Handler = Callable[[Gateway, Request, RequestAccount], Awaitable[Response]]
+
+
+async def _accounted(request: Request, endpoint: str, handler: _Handler) -> Response:
     gateway: Gateway = request.app.state.gateway
-    record = gateway.begin(endpoint, request_id_for(request))
-    headers = {"x-request-id": record.request_id}
+    account = gateway.begin(endpoint, request_id_for(request))
+    headers = {"x-request-id": account.request_id}
     try:
-        record.route = gateway.route_of(request)
-        record.client = gateway.keys.authenticate(request.headers).name
-        response = await handler(gateway, request, record)
-        record.mark_first_byte()
-        record.finish(response.status_code, outcome_for_status(response.status_code))
+        route = gateway.route_of(request)
+        account.caller(route, gateway.keys.authenticate(request.headers))
+        response = await handler(gateway, request, account)
+        account.first_byte()
+        account.answered(response.status_code)
         response.headers.update(headers)
         return response
-    except GatewayError as exc:
-        record.finish(exc.status, exc.outcome, exc.code)
-        return exc.response(headers)
-    finally:
-        if record.finished_at is None:  # an unexpected exception is on its way out
-            record.finish(500, "upstream_error", "internal_error")
-        gateway.finish(record)
+    except BaseException as exc:
+        error = account.failed(exc)
+        if not isinstance(exc, Exception) or error is None:
+            raise
+        return error.response(headers)
 
 
-async def _models(gateway: Gateway, request: Request, record: UsageRecord) -> Response:
+async def _models(gateway: Gateway, request: Request, account: RequestAccount) -> Response:
     settings = gateway.settings
     names = [settings.defaults.model]
     names += [r.model for r in settings.routes.values() if r.model and r.model not in names]
@@ -188,19 +231,16 @@ async def _models(gateway: Gateway, request: Request, record: UsageRecord) -> Re
     return Response(body, media_type="application/json")
 
 
-async def _personas(gateway: Gateway, request: Request, record: UsageRecord) -> Response:
+async def _personas(gateway: Gateway, request: Request, account: RequestAccount) -> Response:
     query = str(request.query_params)
     cached = gateway.personas_cache.get(query)
     if cached is not None:
+        account.usage(None, free=True)
         return Response(cached, media_type="application/json")
-    upstream = await gateway.upstream.send(
-        "GET",
-        "personas",
-        gateway.upstream.headers(request.headers, record.request_id),
-        params=dict(request.query_params),
+    reply, content = await gateway.upstream.fetch(
+        "GET", "personas", request.headers, account.request_id, params=dict(request.query_params)
     )
-    content = await read_body(upstream)
-    if upstream.status_code == 200:
+    if reply.status_code == 200:
         gateway.personas_cache.put(query, content)
-        record.credits_used = 0
-    return Response(content, upstream.status_code, returned_headers(upstream))
+        account.usage(None, free=True)
+    return Response(content, reply.status_code, reply.headers)

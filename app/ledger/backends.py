@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from app.ledger.protocol import Ledger
 from app.ledger.sqlite import SqliteLedger
 
 
-def open_ledger(database_url: str) -> SqliteLedger:
+def open_ledger(database_url: str) -> Ledger:
     """The ledger a database URL names (not yet connected)."""
     if database_url.startswith("sqlite:///"):
         return SqliteLedger(database_url)

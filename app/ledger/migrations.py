@@ -54,4 +54,8 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        "0003_persona_source",
+        ("ALTER TABLE usage_records ADD COLUMN persona_source TEXT",),
+    ),
 )

@@ -1,12 +1,13 @@
 """The embedded SQLite ledger: WAL mode, one connection, writes in `BEGIN IMMEDIATE` batches.
 
-SQLite calls are blocking, so the async methods run them on a worker thread; the CLI calls the
-blocking ones directly.
+SQLite calls are blocking, so every `Ledger` method runs them on a worker thread. `open_sync`,
+`write_sync` and `close_sync` are the blocking forms, for tools that have no event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 import time
@@ -16,9 +17,12 @@ from typing import Any
 
 import orjson
 
-from app.ledger.keys import KeyRow
+from app.clients import InvalidClientSpec, parse_client_spec
 from app.ledger.migrations import MIGRATIONS
-from app.ledger.records import COLUMNS, UsageRecord
+from app.ledger.protocol import KeyExists, ReportGroup, StoredKey, UsageRow
+from app.records import COLUMNS, UsageRecord
+
+logger = logging.getLogger("mavera_gateway.ledger")
 
 # How long a statement waits for another connection's write lock before failing; the batched
 # writer then keeps the records and retries, so this only bounds one attempt.
@@ -34,6 +38,18 @@ _INSERT = (
     + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(COLUMNS)))
     + " FROM json_each(?) WHERE true ON CONFLICT (id) DO NOTHING"
 )
+_GROUP_EXPRESSIONS: dict[ReportGroup, str] = {
+    "client": "client",
+    "persona": "persona_id",
+    "model": "COALESCE(requested_model, upstream_model)",
+    "route": "route",
+    "endpoint": "endpoint",
+    "day": "strftime('%Y-%m-%d', received_at, 'unixepoch')",
+}
+_KEY_COLUMNS = (
+    "name, key_sha256, persona_id, allow_persona_override, credit_budget, budget_period, rpm, "
+    "created_at, revoked_at"
+)
 
 
 def sqlite_path(url: str) -> str:
@@ -48,6 +64,7 @@ class SqliteLedger:
 
     def __init__(self, url: str) -> None:
         self.path = sqlite_path(url)
+        self.description = f"SQLite file {Path(self.path).resolve()}"
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
 
@@ -86,10 +103,11 @@ class SqliteLedger:
             raise RuntimeError("ledger is not open")
         return _Transaction(self._connection, self._lock)
 
-    def applied_migrations(self) -> list[str]:
-        """Names of the migrations this database has had, in order."""
-        with self._transaction() as db:
-            return [r[0] for r in db.execute("SELECT name FROM schema_migrations ORDER BY name")]
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        if self._connection is None:
+            raise RuntimeError("ledger is not open")
+        with self._lock:
+            return list(self._connection.execute(sql, params))
 
     def close_sync(self) -> None:
         """Close the connection."""
@@ -98,21 +116,13 @@ class SqliteLedger:
                 self._connection.close()
             self._connection = None
 
-    # --- Ledger protocol --------------------------------------------------------------------
-
     async def open(self) -> None:
         """Connect and migrate, off the event loop."""
         await asyncio.to_thread(self.open_sync)
 
-    async def write(self, records: list[UsageRecord]) -> None:
-        """Store a batch in one transaction; a record already stored is left as it is."""
-        await asyncio.to_thread(self.write_sync, records)
-
-    def write_sync(self, records: Sequence[UsageRecord]) -> None:
-        """Blocking form of `write`."""
-        rows = orjson.dumps([record.values() for record in records])
-        with self._transaction() as db:
-            db.execute(_INSERT, (rows,))
+    async def close(self) -> None:
+        """Close, off the event loop."""
+        await asyncio.to_thread(self.close_sync)
 
     async def ping(self) -> bool:
         """Whether the database answers (on its own connection, never queued behind a write)."""
@@ -131,33 +141,130 @@ class SqliteLedger:
             return False
         return True
 
-    async def close(self) -> None:
-        """Close, off the event loop."""
-        await asyncio.to_thread(self.close_sync)
+    async def applied_migrations(self) -> list[str]:
+        """Names of the migrations this database has had, in order."""
+        rows = await asyncio.to_thread(
+            self._read, "SELECT name FROM schema_migrations ORDER BY name"
+        )
+        return [row[0] for row in rows]
 
-    # --- queries ----------------------------------------------------------------------------
+    # --- usage records ----------------------------------------------------------------------
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run a read query (written with `?` placeholders)."""
-        if self._connection is None:
-            raise RuntimeError("ledger is not open")
-        with self._lock:
-            return list(self._connection.execute(sql, params))
+    async def write(self, records: list[UsageRecord]) -> None:
+        """Store a batch in one transaction; a record already stored is left as it is."""
+        await asyncio.to_thread(self.write_sync, records)
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run one write statement; the number of rows it changed."""
+    def write_sync(self, records: Sequence[UsageRecord]) -> None:
+        """Blocking form of `write`."""
+        rows = orjson.dumps([record.values() for record in records])
         with self._transaction() as db:
-            return db.execute(sql, params).rowcount
+            db.execute(_INSERT, (rows,))
 
-    def insert_key(self, row: KeyRow) -> None:
-        """Store a new gateway key (replacing a revoked key of the same name)."""
+    async def spent_since(self, client: str, since: float) -> float:
+        """Known credits of the client's requests received since `since`."""
+        rows = await asyncio.to_thread(
+            self._read,
+            "SELECT COALESCE(SUM(credits_used), 0) FROM usage_records "
+            "WHERE client = ? AND received_at >= ?",
+            (client, since),
+        )
+        return float(rows[0][0])
+
+    async def usage_rows(self, since: float, until: float, by: ReportGroup) -> list[UsageRow]:
+        """The records received in [since, until), reduced to what a report adds up."""
+        sql = (
+            f"SELECT {_GROUP_EXPRESSIONS[by]}, outcome, endpoint, status, credits_used, "
+            "input_tokens, output_tokens, latency_ms FROM usage_records "
+            "WHERE received_at >= ? AND received_at < ?"
+        )
+        rows = await asyncio.to_thread(self._read, sql, (since, until))
+        return [UsageRow(*row) for row in rows]
+
+    async def records(
+        self, since: float, client: str | None, limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        """Whole records received since `since`, newest first, one page."""
+        sql = f"SELECT {', '.join(COLUMNS)} FROM usage_records WHERE received_at >= ?"
+        params: list[Any] = [since]
+        if client is not None:
+            sql += " AND client = ?"
+            params.append(client)
+        sql += " ORDER BY received_at DESC, id LIMIT ? OFFSET ?"
+        params += [limit, offset]
+        rows = await asyncio.to_thread(self._read, sql, params)
+        records = [dict(zip(COLUMNS, row, strict=True)) for row in rows]
+        for record in records:
+            record["stream"] = bool(record["stream"])
+        return records
+
+    # --- gateway keys -----------------------------------------------------------------------
+
+    async def add_key(self, key: StoredKey) -> None:
+        """Store a new key (replacing a revoked key of the same name)."""
+        await asyncio.to_thread(self._add_key, key)
+
+    def _add_key(self, key: StoredKey) -> None:
+        spec = key.spec
         with self._transaction() as db:
+            active = db.execute(
+                "SELECT 1 FROM gateway_keys WHERE name = ? AND revoked_at IS NULL", (key.name,)
+            ).fetchone()
+            if active:
+                raise KeyExists(f"client {key.name!r} already has an active key; revoke it first")
             db.execute(
-                "DELETE FROM gateway_keys WHERE name = ? AND revoked_at IS NOT NULL", (row.name,)
+                "DELETE FROM gateway_keys WHERE name = ? AND revoked_at IS NOT NULL", (key.name,)
             )
             db.execute(
-                "INSERT INTO gateway_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row.as_tuple()
+                f"INSERT INTO gateway_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key.name,
+                    key.key_sha256,
+                    spec.persona_id,
+                    spec.allow_persona_override,
+                    spec.credit_budget,
+                    spec.budget_period,
+                    spec.rpm,
+                    key.created_at,
+                    key.revoked_at,
+                ),
             )
+
+    async def keys(self, *, include_revoked: bool = True) -> list[StoredKey]:
+        """Stored keys, oldest first."""
+        sql = f"SELECT {_KEY_COLUMNS} FROM gateway_keys"
+        if not include_revoked:
+            sql += " WHERE revoked_at IS NULL"
+        rows = await asyncio.to_thread(self._read, sql + " ORDER BY created_at")
+        return [key for key in map(_stored_key, rows) if key is not None]
+
+    async def revoke_key(self, name: str, at: float) -> bool:
+        """Revoke the client's active key; False if it had none."""
+        return await asyncio.to_thread(self._revoke_key, name, at)
+
+    def _revoke_key(self, name: str, at: float) -> bool:
+        with self._transaction() as db:
+            changed = db.execute(
+                "UPDATE gateway_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                (at, name),
+            ).rowcount
+        return bool(changed > 0)
+
+
+def _stored_key(row: tuple[Any, ...]) -> StoredKey | None:
+    name, digest, persona, override, budget, period, rpm, created, revoked = row
+    settings = {
+        "persona_id": persona,
+        "allow_persona_override": None if override is None else bool(override),
+        "credit_budget": budget,
+        "budget_period": period,
+        "rpm": rpm,
+    }
+    try:
+        spec = parse_client_spec(settings)
+    except InvalidClientSpec as exc:
+        logger.error("the stored key of client %r is ignored: %s", name, exc)
+        return None
+    return StoredKey(name, digest, spec, created, revoked)
 
 
 class _Transaction:

@@ -12,9 +12,10 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 
-from app.ledger.records import Ledger, UsageRecord
-from app.metrics import Metrics
+from app.ledger.protocol import Ledger
+from app.records import UsageRecord
 
 logger = logging.getLogger("mavera_gateway.ledger")
 
@@ -22,20 +23,30 @@ RETRY_MIN_S = 0.2
 RETRY_MAX_S = 5.0
 
 
+def _ignore() -> None:
+    pass
+
+
 class LedgerWriter:
-    """A bounded buffer of records and the task that drains it into a Ledger."""
+    """A bounded buffer of records and the task that drains it into a Ledger.
+
+    `on_write_failure` and `on_drop` are called once per failed batch and per dropped record,
+    so whoever watches (metrics) can count them without storage knowing about it.
+    """
 
     def __init__(
         self,
         ledger: Ledger,
-        metrics: Metrics,
         *,
         batch_size: int,
         flush_interval_s: float,
         max_buffer: int,
+        on_write_failure: Callable[[], None] = _ignore,
+        on_drop: Callable[[], None] = _ignore,
     ) -> None:
         self.ledger = ledger
-        self.metrics = metrics
+        self.on_write_failure = on_write_failure
+        self.on_drop = on_drop
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.max_buffer = max_buffer
@@ -45,23 +56,26 @@ class LedgerWriter:
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
         self.failing_since: float | None = None
-        metrics.track_queue(self.depth)
 
     def depth(self) -> int:
         """Records waiting to be written."""
         return len(self._buffer) + self._in_flight
 
-    @property
-    def healthy(self) -> bool:
-        """False while writes fail or after records were dropped."""
-        return self.failing_since is None and self.dropped == 0
+    def problems(self) -> list[str]:
+        """What is wrong with getting records stored, for /readyz; empty when all is well."""
+        found = []
+        if self.failing_since is not None:
+            found.append(f"ledger writes failing; {self.depth()} records buffered")
+        if self.dropped:
+            found.append(f"ledger buffer overflowed: {self.dropped} records dropped")
+        return found
 
     def submit(self, record: UsageRecord) -> None:
         """Queue one finished record. Never blocks, never raises."""
         if self.depth() >= self.max_buffer and self._buffer:
             self._buffer.popleft()
             self.dropped += 1
-            self.metrics.dropped.inc()
+            self.on_drop()
             logger.error(
                 "LEDGER BUFFER FULL (%d records): dropped the oldest record; %d dropped so far. "
                 "The ledger database has been failing; fix it to stop losing usage records.",
@@ -103,7 +117,7 @@ class LedgerWriter:
             raise
         except Exception as exc:  # any storage failure: keep the records and retry later
             self._buffer.extendleft(reversed(batch))
-            self.metrics.write_failures.inc()
+            self.on_write_failure()
             if self.failing_since is None:
                 self.failing_since = time.time()
             logger.error("ledger write failed (%d records kept for retry): %s", self.depth(), exc)

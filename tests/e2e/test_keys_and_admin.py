@@ -17,8 +17,15 @@ import openai
 import pytest
 
 from app.server import KEY_REFRESH_S
-from tests.conftest import DEFAULT_PERSONA, PERSONAS, UPSTREAM_KEY, GatewayFactory, RunningGateway
-from tests.processes import GatewayProcess, free_port, gateway_env
+from tests.conftest import (
+    DEFAULT_PERSONA,
+    PERSONAS,
+    UPSTREAM_KEY,
+    GatewayFactory,
+    RunningGateway,
+    free_port,
+)
+from tests.processes import GatewayProcess, gateway_env
 
 ADMIN_KEY = "admin-key-for-tests-0123456789"
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}

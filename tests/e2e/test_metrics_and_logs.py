@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.logs import REQUEST_FIELDS
 from app.simulator import PERSONAS
-from tests.conftest import UPSTREAM_KEY, GatewayFactory, RunningGateway
-from tests.processes import GatewayProcess, free_port, gateway_env
+from tests.conftest import UPSTREAM_KEY, GatewayFactory, RunningGateway, free_port
+from tests.processes import GatewayProcess, gateway_env
 
 PHRASE = "purple elephants whisper at midnight"
 KEYS = {

@@ -2,34 +2,41 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
-from collections.abc import Iterator
+import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from app.auth import KeyStore, key_digest, new_key
+from app.auth import KeyStore, issue_key, key_digest, new_key
+from app.clients import LOCAL_CLIENT, Client, ClientSpec, InvalidClientSpec
 from app.config import ClientSettings
 from app.errors import InvalidApiKey
-from app.ledger.keys import KeyExists, create_key, list_keys, revoke_key
+from app.ledger.protocol import KeyExists, StoredKey
 from app.ledger.sqlite import SqliteLedger
-from app.routing import LOCAL_CLIENT, Client
 
 KEY_SHAPE = re.compile(r"^mgw_[A-Za-z0-9_-]{32,}$")
 
 
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[SqliteLedger]:
-    store = SqliteLedger("sqlite:///" + str(tmp_path / "keys.db"))
-    store.open_sync()
-    yield store
-    store.close_sync()
+def create_key(ledger: SqliteLedger, name: str, **spec: Any) -> str:
+    return asyncio.run(issue_key(ledger, name, ClientSpec(**spec)))
 
 
-def stored(ledger: SqliteLedger) -> list[tuple[str, Client]]:
+def list_keys(ledger: SqliteLedger, *, include_revoked: bool = True) -> list[StoredKey]:
+    return asyncio.run(ledger.keys(include_revoked=include_revoked))
+
+
+def revoke_key(ledger: SqliteLedger, name: str) -> bool:
+    return asyncio.run(ledger.revoke_key(name, time.time()))
+
+
+def stored(ledger: SqliteLedger) -> list[StoredKey]:
     """What the server loads into its KeyStore: the active keys."""
-    return [(row.key_sha256, row.client()) for row in list_keys(ledger, include_revoked=False)]
+    return list_keys(ledger, include_revoked=False)
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -59,22 +66,14 @@ def test_create_key_returns_a_fresh_key_and_stores_its_digest(ledger: SqliteLedg
     (row,) = list_keys(ledger)
     assert row.name == "alice"
     assert row.key_sha256 == hashlib.sha256(key.encode()).hexdigest() == key_digest(key)
-    assert (row.persona_id, row.credit_budget, row.rpm, row.budget_period) == (
-        "p1",
-        500,
-        30,
-        "week",
-    )
-    assert row.allow_persona_override is True
-    assert row.revoked_at is None
-    assert row.client() == Client(
-        name="alice",
+    assert row.spec == ClientSpec(
         persona_id="p1",
         allow_persona_override=True,
         credit_budget=500,
         budget_period="week",
         rpm=30,
     )
+    assert row.revoked_at is None
 
 
 def test_public_view_has_no_digest(ledger: SqliteLedger) -> None:
@@ -92,7 +91,7 @@ def test_plain_key_is_nowhere_in_the_database_files(tmp_path: Path, ledger: Sqli
     keys.append(create_key(ledger, "client-0"))
     ledger.close_sync()
     files = list(tmp_path.iterdir())  # the database and any WAL / shared-memory files
-    assert any(f.name == "keys.db" for f in files)
+    assert any(f.name == "ledger.db" for f in files)
     data = b"".join(f.read_bytes() for f in files if f.is_file())
     for key in keys:
         assert key.encode() not in data
@@ -115,7 +114,7 @@ def test_revoke_then_create_again(ledger: SqliteLedger) -> None:
     assert second != first
     (active,) = list_keys(ledger, include_revoked=False)
     assert active.key_sha256 == key_digest(second)
-    assert active.rpm == 20
+    assert active.spec.rpm == 20
 
 
 def test_revoke_unknown_name(ledger: SqliteLedger) -> None:
@@ -142,7 +141,7 @@ def test_override_flag_round_trips_as_bool_or_none(ledger: SqliteLedger) -> None
     create_key(ledger, "yes", allow_persona_override=True)
     create_key(ledger, "no", allow_persona_override=False)
     create_key(ledger, "unset")
-    flags = {r.name: r.allow_persona_override for r in list_keys(ledger)}
+    flags = {r.name: r.spec.allow_persona_override for r in list_keys(ledger)}
     assert flags == {"yes": True, "no": False, "unset": None}
 
 
@@ -165,7 +164,7 @@ def test_configured_client_authenticates() -> None:
     store = KeyStore({"alice": ClientSettings(key_sha256=key_digest(key), persona_id="p1", rpm=5)})
     assert store.open_mode is False
     client = store.authenticate(bearer(key))
-    assert client == Client(name="alice", persona_id="p1", rpm=5)
+    assert client == Client("alice", ClientSpec(persona_id="p1", rpm=5))
 
 
 @pytest.mark.parametrize(
@@ -206,7 +205,7 @@ def test_stored_keys_authenticate(ledger: SqliteLedger) -> None:
     key = create_key(ledger, "bob", persona_id="p-bob")
     store.replace_stored(stored(ledger))
     assert store.open_mode is False
-    assert store.authenticate(bearer(key)) == Client(name="bob", persona_id="p-bob")
+    assert store.authenticate(bearer(key)) == Client("bob", ClientSpec(persona_id="p-bob"))
     with pytest.raises(InvalidApiKey):
         store.authenticate({})
 
@@ -246,3 +245,25 @@ def test_clients_lists_every_key_holder(ledger: SqliteLedger) -> None:
     create_key(ledger, "alice")
     store.replace_stored(stored(ledger))
     assert sorted(c.name for c in store.clients()) == ["alice", "ops"]
+
+
+@pytest.mark.parametrize("name", ["", "has space", "-leading", "a" * 65, "slash/name", "é"])
+def test_a_key_for_an_unusable_client_name_is_refused(ledger: SqliteLedger, name: str) -> None:
+    with pytest.raises(InvalidClientSpec, match="client name"):
+        create_key(ledger, name)
+    assert list_keys(ledger) == []
+
+
+def test_a_stored_row_that_no_longer_validates_is_left_out_loudly(
+    ledger: SqliteLedger, no_key_in_logs: Any
+) -> None:
+    # A row written by an older version without validation (rpm 0) must not make every
+    # request of that client fail: the key is ignored, with one error line naming the client.
+    create_key(ledger, "good")
+    with sqlite3.connect(ledger.path) as db:
+        db.execute(
+            "INSERT INTO gateway_keys VALUES ('carol', ?, NULL, NULL, NULL, 'month', 0, 1.0, NULL)",
+            (key_digest(new_key()),),
+        )
+    assert [k.name for k in list_keys(ledger)] == ["good"]
+    assert any("carol" in line and "ignored" in line for line in no_key_in_logs.lines)

@@ -1,4 +1,8 @@
-"""The usage record: one per request that reached the gateway, and the ledger interface."""
+"""The usage record: one per request that reached the gateway, and the rules for reading it.
+
+Domain types: imported by the web layer, the ledger, metrics and logs alike; they import nothing
+of the gateway's own.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,24 @@ import operator
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-Outcome = Literal["ok", "client_error", "upstream_error", "client_disconnected", "rejected"]
-OUTCOMES: tuple[Outcome, ...] = (
+# How a request ended. `gateway_error` is the gateway's own fault and is never booked as the
+# client's or Mavera's; `shutdown` is a request cut by a shutdown past its grace period.
+Outcome = Literal[
     "ok",
     "client_error",
+    "rejected",
     "upstream_error",
     "client_disconnected",
-    "rejected",
-)
+    "gateway_error",
+    "shutdown",
+]
 
+# Where the persona of a request came from (routing's precedence, first match wins).
+PersonaSource = Literal["request", "model", "route", "client", "default", "none"]
+
+GENERATION_ENDPOINTS = ("chat.completions", "responses")
 
 # Ids: a random prefix per process and a counter, as unique as uuid4 across processes and
 # restarts for this purpose, without a urandom call per request.
@@ -56,22 +67,9 @@ class UsageRecord:
     ttfb_ms: float | None = None
     upstream_request_id: str | None = None
     error_code: str | None = None
+    persona_source: PersonaSource | None = None
     # monotonic start, for latency; not stored
     started: float = field(default_factory=time.perf_counter, repr=False)
-
-    def mark_first_byte(self) -> None:
-        """Note that the first byte of the answer is going to the client now."""
-        if self.first_byte_at is None:
-            self.first_byte_at = time.time()
-            self.ttfb_ms = (time.perf_counter() - self.started) * 1000
-
-    def finish(self, status: int, outcome: Outcome, error_code: str | None = None) -> None:
-        """Close the record with how the request ended."""
-        self.status = status
-        self.outcome = outcome
-        self.error_code = error_code
-        self.finished_at = time.time()
-        self.latency_ms = (time.perf_counter() - self.started) * 1000
 
     def values(self) -> tuple[Any, ...]:
         """The stored columns' values, in COLUMNS order."""
@@ -85,15 +83,12 @@ _column_values = operator.attrgetter(*COLUMNS)
 
 
 def outcome_for_status(status: int) -> Outcome:
-    """The outcome of a request that ended with an HTTP status from upstream or gateway."""
+    """The outcome of a request answered with an HTTP status that Mavera chose."""
     if status < 400:
         return "ok"
     if status >= 500:
         return "upstream_error"
     return "client_error"
-
-
-GENERATION_ENDPOINTS = ("chat.completions", "responses")
 
 
 def cost_unknown(endpoint: str, status: int, outcome: str, credits: object) -> bool:
@@ -104,20 +99,4 @@ def cost_unknown(endpoint: str, status: int, outcome: str, credits: object) -> b
     """
     if credits is not None or endpoint not in GENERATION_ENDPOINTS:
         return False
-    return status < 300 or outcome == "client_disconnected"
-
-
-class Ledger(Protocol):
-    """Durable storage of usage records."""
-
-    async def open(self) -> None:
-        """Connect and bring the schema up to date."""
-
-    async def write(self, records: list[UsageRecord]) -> None:
-        """Store a batch; idempotent on record id, so a retried batch never double-counts."""
-
-    async def ping(self) -> bool:
-        """Whether the storage answers now."""
-
-    async def close(self) -> None:
-        """Release connections."""
+    return status < 300 or outcome in ("client_disconnected", "shutdown")

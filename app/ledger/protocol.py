@@ -1,0 +1,96 @@
+"""The one storage interface the rest of the gateway is typed against.
+
+Every backend (SQLite today, PostgreSQL next) implements `Ledger`; nothing outside `app/ledger/`
+writes SQL or knows which backend it talks to. Storage imports only the domain types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from app.clients import ClientSpec
+from app.records import UsageRecord
+
+# What a usage report can be grouped by; each backend maps these to its own expressions.
+ReportGroup = Literal["client", "persona", "model", "route", "endpoint", "day"]
+REPORT_GROUPS: tuple[ReportGroup, ...] = ("client", "persona", "model", "route", "endpoint", "day")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    """One gateway key as stored: its client's settings and the key's digest, never the key."""
+
+    name: str
+    key_sha256: str
+    spec: ClientSpec
+    created_at: float
+    revoked_at: float | None = None
+
+    def public(self) -> dict[str, Any]:
+        """What `keys list` and the admin API show: everything but the digest."""
+        return {
+            "name": self.name,
+            **self.spec.model_dump(),
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """The fields of one record that a usage report adds up, with its group's value."""
+
+    group: Any
+    outcome: str
+    endpoint: str
+    status: int
+    credits_used: Any
+    input_tokens: int | None
+    output_tokens: int | None
+    latency_ms: float | None
+
+
+class KeyExists(Exception):
+    """An active key already has that client name."""
+
+
+class Ledger(Protocol):
+    """Durable storage of usage records and gateway keys."""
+
+    description: str  # which database this is, for messages ("SQLite file /path/to.db")
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    async def ping(self) -> bool:
+        """Whether the storage answers now."""
+
+    async def write(self, records: list[UsageRecord]) -> None:
+        """Store a batch; idempotent on record id, so a retried batch never double-counts."""
+
+    async def spent_since(self, client: str, since: float) -> float:
+        """Credits the client's requests received since `since` have cost, as far as known."""
+
+    async def usage_rows(self, since: float, until: float, by: ReportGroup) -> list[UsageRow]:
+        """The records received in [since, until), reduced to what a report adds up."""
+
+    async def records(
+        self, since: float, client: str | None, limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        """Whole records received since `since`, newest first, one page."""
+
+    async def applied_migrations(self) -> list[str]:
+        """Names of the schema migrations this database has had, in order."""
+
+    async def add_key(self, key: StoredKey) -> None:
+        """Store a new key; KeyExists if the client already has an active one."""
+
+    async def keys(self, *, include_revoked: bool = True) -> list[StoredKey]:
+        """Stored keys, oldest first (rows whose settings no longer validate are left out)."""
+
+    async def revoke_key(self, name: str, at: float) -> bool:
+        """Revoke the client's active key; False if it had none."""
