@@ -7,9 +7,11 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -94,10 +96,16 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     app.include_router(openai.router, prefix="/v1", tags=["openai"])
-    app.include_router(openai.router, prefix="/{route}/v1", tags=["openai, under a route prefix"])
+    app.include_router(
+        openai.router,
+        prefix="/{route}/v1",
+        tags=["openai, under a route prefix"],
+        dependencies=[Depends(openai.route_prefix)],
+    )
     app.include_router(ops.router)
     app.include_router(admin.router)
     app.include_router(admin.dashboard_router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -136,6 +144,21 @@ async def _start(settings: Settings) -> Gateway:
     await gateway.reload_keys()
     await gateway.seed_budgets()
     return gateway
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema, without the 422 answers it assumes: bad input is a 400 here."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        )
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(unused, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 async def _refresh_keys(gateway: Gateway) -> None:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -36,6 +36,13 @@ from app.usage import CHAT, RESPONSES, ask_for_stream_usage, usage_from_body
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _Endpoint = TypeVar("_Endpoint", bound=Callable[..., Awaitable[Response]])
 router = APIRouter()
+
+
+def route_prefix(
+    route: Annotated[str, Path(description="a route configured in [routes.NAME]")],
+) -> str:
+    """The route name of `/{route}/v1/...` (declared so the OpenAPI schema documents it)."""
+    return route
 
 
 def fast_path(endpoint: _Endpoint) -> _Endpoint:
