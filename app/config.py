@@ -21,7 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from app.clients import ClientSpec
+from app.clients import ClientSpec, check_client_name
 
 DEFAULT_BASE_URL = "https://app.mavera.io/api/v1"
 DEFAULT_DATABASE_URL = "sqlite:///./mavera-gateway.db"
@@ -180,6 +180,13 @@ class Settings(BaseSettings):
             if name in reserved or not name.replace("-", "").replace("_", "").isalnum():
                 raise ValueError(f"route name {name!r} must be alphanumeric and not {reserved}")
         return routes
+
+    @field_validator("clients")
+    @classmethod
+    def _client_names(cls, clients: dict[str, ClientSettings]) -> dict[str, ClientSettings]:
+        for name in clients:
+            check_client_name(name)
+        return clients
 
     @classmethod
     def settings_customise_sources(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit, urlunsplit
 from typing import Any
 
 import orjson
@@ -19,6 +20,7 @@ def effective_config_toml(settings: Settings) -> str:
     data = settings.model_dump(mode="python")
     for section, key in _SECRETS:
         data[section][key] = MASK if data[section][key] is not None else None
+    data["upstream"]["proxy_url"] = masked_url(data["upstream"]["proxy_url"])
     lines: list[str] = []
     for name, section in data.items():
         if name in ("models", "routes", "clients"):
@@ -27,6 +29,17 @@ def effective_config_toml(settings: Settings) -> str:
         else:
             _table(lines, name, section)
     return "\n".join(lines).strip() + "\n"
+
+
+def masked_url(url: str | None) -> str | None:
+    """A URL with the password of its user info masked (proxy credentials are secrets)."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:{MASK}@{host}"))
 
 
 def _table(lines: list[str], header: str, values: dict[str, Any]) -> None:

@@ -137,6 +137,34 @@ def test_keys_revoke_unknown_name_fails_with_a_message(
     assert "no active key named 'nobody'" in err
 
 
+@pytest.mark.parametrize(
+    ("flags", "field"),
+    [
+        (["--rpm", "0"], "rpm"),
+        (["--rpm", "-3"], "rpm"),
+        (["--budget", "-5"], "credit_budget"),
+        (["--persona", ""], "persona_id"),
+    ],
+)
+def test_keys_create_validates_the_settings_and_stores_nothing(
+    database: str, capsys: pytest.CaptureFixture[str], flags: list[str], field: str
+) -> None:
+    code, out, err = run(capsys, "keys", "create", "carol", *flags)
+    assert code == 2
+    assert "created key" not in out and "mgw_" not in out
+    assert field in err and "invalid client settings" in err
+    assert run(capsys, "keys", "list")[1].startswith("no keys yet")
+
+
+def test_keys_create_refuses_an_unusable_name(
+    database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "keys", "create", "carol smith")
+    assert code == 2
+    assert "client name 'carol smith' is not valid" in err
+    assert run(capsys, "keys", "list")[1].startswith("no keys yet")
+
+
 # --- usage ------------------------------------------------------------------------------------
 
 

@@ -227,6 +227,15 @@ def test_settings_constructed_directly_ignore_files(
         ("[routes.v1]\npersona_id = 'p'\n", "v1"),
         ("[models.fast]\npersona_id = 3\n", "models.fast.persona_id"),
         ("[defaults]\nrequire_persona = 'maybe'\n", "defaults.require_persona"),
+        (f"[clients.carol]\nkey_sha256 = '{'a' * 64}'\nrpm = 0\n", "clients.carol.rpm"),
+        (
+            f"[clients.carol]\nkey_sha256 = '{'a' * 64}'\ncredit_budget = -5\n",
+            "clients.carol.credit_budget",
+        ),
+        (f"[clients.'carol smith']\nkey_sha256 = '{'a' * 64}'\n", "carol smith"),
+        ("[upstream]\nproxy_url = 'socks5://proxy:1080'\n", "upstream.proxy_url"),
+        ("[upstream]\nca_bundle = '/nowhere/ca.pem'\n", "upstream.ca_bundle"),
+        ("[upstream]\npool_timeout_s = 0\n", "upstream.pool_timeout_s"),
     ],
 )
 def test_bad_config_names_key_and_file(tmp_path: Path, text: str, key: str) -> None:
@@ -330,6 +339,13 @@ def test_view_masks_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     parsed = tomllib.loads(out)
     assert parsed["upstream"]["api_key"] == MASK
     assert parsed["admin"]["key"] == MASK
+
+
+def test_view_masks_the_proxy_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAVERA_GATEWAY_UPSTREAM__PROXY_URL", "http://ops:s3cr%40t@proxy.corp:3128")
+    out = effective_config_toml(load_settings())
+    assert "s3cr" not in out
+    assert tomllib.loads(out)["upstream"]["proxy_url"] == f"http://ops:{MASK}@proxy.corp:3128"
 
 
 def test_view_says_unset_secrets_are_unset() -> None:

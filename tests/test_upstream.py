@@ -1,11 +1,31 @@
-"""Outgoing headers are built from an allow-list; only a few upstream headers come back."""
+"""The upstream boundary against a fake transport: headers, paths, retries, error mapping.
+
+Outgoing headers are built from an allow-list; only a few upstream headers come back. A request
+is retried only when it provably never reached Mavera (no connection) or Mavera said 502/503;
+every transport failure becomes one GatewayError.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
 import httpx
+import pytest
 from starlette.datastructures import Headers
 
-from app.upstream import returned_headers, upstream_headers
+from app.config import UpstreamSettings
+from app.errors import (
+    GatewayError,
+    UpstreamAuthFailed,
+    UpstreamBusy,
+    UpstreamStreamCut,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from app.http1 import ConnectFailed, PoolTimeout, ProtocolFailed, ReadTimeout, WriteTimeout
+from app.upstream import Upstream, returned_headers, upstream_headers
 
 KEY = "mvra_live_" + "k" * 30
 
@@ -134,3 +154,173 @@ def test_returned_event_stream_content_type() -> None:
     assert returned_headers(response.headers) == {
         "content-type": "text/event-stream; charset=utf-8"
     }
+
+
+# --- retries and error mapping against a fake transport --------------------------------------
+
+
+class FakeResponse:
+    def __init__(
+        self,
+        status: int,
+        body: bytes = b"{}",
+        headers: dict[str, str] | None = None,
+        failure: Exception | None = None,
+        hang: bool = False,
+    ) -> None:
+        self.status_code = status
+        self.headers = {"content-type": "application/json", **(headers or {})}
+        self.body = body
+        self.failure = failure
+        self.hang = hang
+        self.closed = False
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        yield self.body
+        if self.hang:
+            await asyncio.Event().wait()
+        if self.failure is not None:
+            raise self.failure
+
+    async def aread(self) -> bytes:
+        return b"".join([chunk async for chunk in self.aiter_raw()])
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class FakeTransport:
+    """Plays one outcome (a response or a transport error) per request, and records requests."""
+
+    def __init__(self, *outcomes: FakeResponse | Exception) -> None:
+        self.outcomes = list(outcomes)
+        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+
+    async def request(
+        self, method: str, path: str, headers: Iterable[tuple[str, str]], body: bytes = b""
+    ) -> FakeResponse:
+        self.requests.append((method, path, dict(headers), body))
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def aclose(self) -> None:
+        pass
+
+
+def upstream(transport: FakeTransport, **settings: Any) -> Upstream:
+    options: dict[str, Any] = {"api_key": KEY, "max_retries": 2, **settings}
+    return Upstream(UpstreamSettings(**options), transport)  # type: ignore[arg-type]
+
+
+def open_chat(up: Upstream) -> Any:
+    return asyncio.run(up.open("POST", "chat.completions", {}, "req-1", b"{}"))
+
+
+def failure_of(up: Upstream) -> GatewayError:
+    with pytest.raises(GatewayError) as caught:
+        open_chat(up)
+    return caught.value
+
+
+def test_paths_and_the_key_are_the_upstreams_own() -> None:
+    transport = FakeTransport(FakeResponse(200), FakeResponse(200))
+    up = upstream(transport)
+    open_chat(up)
+    asyncio.run(up.open("GET", "personas", {}, "req-2", params={"custom": "true"}))
+    assert [r[1] for r in transport.requests] == ["chat/completions", "personas?custom=true"]
+    assert transport.requests[0][2]["authorization"] == f"Bearer {KEY}"
+
+
+def test_connect_failures_are_retried_then_succeed() -> None:
+    transport = FakeTransport(ConnectFailed("refused"), ConnectFailed("refused"), FakeResponse(200))
+    reply = open_chat(upstream(transport))
+    assert reply.status_code == 200
+    assert len(transport.requests) == 3
+
+
+def test_connect_failures_beyond_the_retries_are_502_unavailable() -> None:
+    transport = FakeTransport(*[ConnectFailed("connection refused")] * 3)
+    error = failure_of(upstream(transport))
+    assert isinstance(error, UpstreamUnavailable)
+    assert (error.status, error.code) == (502, "upstream_unavailable")
+    assert "cannot reach Mavera" in error.message and "connection refused" in error.message
+    assert len(transport.requests) == 3
+
+
+@pytest.mark.parametrize(
+    ("failure", "kind", "status", "code"),
+    [
+        (ProtocolFailed("upstream closed the connection"), UpstreamUnavailable, 502, None),
+        (ReadTimeout("nothing for 120 s"), UpstreamTimeout, 504, "upstream_timeout"),
+        (WriteTimeout("could not write"), UpstreamTimeout, 504, "upstream_timeout"),
+        (PoolTimeout("all busy"), UpstreamBusy, 503, "upstream_busy"),
+    ],
+    ids=["written-then-closed", "read-timeout", "write-timeout", "pool-busy"],
+)
+def test_a_request_that_may_have_left_is_never_sent_again(
+    failure: Exception, kind: type[GatewayError], status: int, code: str | None
+) -> None:
+    transport = FakeTransport(failure, FakeResponse(200))
+    error = failure_of(upstream(transport))
+    assert isinstance(error, kind)
+    assert error.status == status
+    assert code is None or error.code == code
+    assert len(transport.requests) == 1, "a POST that may have reached Mavera is not replayed"
+
+
+def test_a_busy_pool_says_when_to_retry_and_is_booked_as_rejected() -> None:
+    error = failure_of(upstream(FakeTransport(PoolTimeout("busy")), pool_timeout_s=0.5))
+    assert error.headers["retry-after"] == "1"
+    assert error.outcome == "rejected"
+    assert "0.5 s" in error.message
+
+
+def test_503_is_retried_honouring_retry_after() -> None:
+    busy = FakeResponse(503, headers={"retry-after": "0"})
+    transport = FakeTransport(busy, FakeResponse(200))
+    assert open_chat(upstream(transport)).status_code == 200
+    assert len(transport.requests) == 2
+    assert busy.closed
+
+
+def test_500_is_not_retried_and_quotes_mavera_without_the_key() -> None:
+    said = b'{"error": {"code": "boom", "message": "failed for mvra_live_abcdefgh12345678"}}'
+    transport = FakeTransport(FakeResponse(500, said))
+    error = failure_of(upstream(transport))
+    assert isinstance(error, UpstreamUnavailable)
+    assert "Mavera answered 500: boom" in error.message
+    assert "abcdefgh12345678" not in error.message
+    assert len(transport.requests) == 1
+
+
+def test_401_is_the_gateways_key_not_the_clients() -> None:
+    error = failure_of(upstream(FakeTransport(FakeResponse(401, b"{}"))))
+    assert isinstance(error, UpstreamAuthFailed)
+    assert (error.status, error.code) == (502, "upstream_auth_failed")
+
+
+@pytest.mark.parametrize("status", [400, 402, 404, 429])
+def test_mavera_4xx_answers_are_handed_back(status: int) -> None:
+    assert open_chat(upstream(FakeTransport(FakeResponse(status)))).status_code == status
+
+
+def test_a_body_cut_short_is_a_stream_cut_and_a_quiet_body_a_timeout() -> None:
+    cut = FakeResponse(200, b"data: {}\n\n", failure=ProtocolFailed("closed mid-body"))
+    reply = open_chat(upstream(FakeTransport(cut)))
+    with pytest.raises(UpstreamStreamCut, match="closed mid-body"):
+        asyncio.run(reply.read())
+    assert cut.closed
+    quiet = FakeResponse(200, b"", failure=ReadTimeout("quiet"))
+    reply = open_chat(upstream(FakeTransport(quiet), read_timeout_s=7))
+    with pytest.raises(UpstreamTimeout, match="7 s"):
+        asyncio.run(reply.read())
+
+
+def test_a_non_streaming_answer_has_a_total_deadline() -> None:
+    slow = FakeResponse(200, b'{"partial":', hang=True)
+    up = upstream(FakeTransport(slow), total_timeout_s=0.2)
+    with pytest.raises(UpstreamTimeout, match="within 0.2 s"):
+        asyncio.run(up.fetch("POST", "chat.completions", {}, "req-1", b"{}"))
+    assert slow.closed

@@ -394,3 +394,42 @@ def test_a_public_address_is_served_once_a_key_exists(tmp_path: Path) -> None:
         _error(response, 401, "invalid_api_key")
     finally:
         process.stop()
+
+
+@pytest.mark.parametrize(
+    ("spec", "param"),
+    [
+        ({"name": "carol", "rpm": "lots"}, "rpm"),
+        ({"name": "carol", "rpm": 0}, "rpm"),
+        ({"name": "carol", "rpm": "5"}, "rpm"),
+        ({"name": "carol", "credit_budget": -5}, "credit_budget"),
+        ({"name": "carol", "credit_budget": 2.5}, "credit_budget"),
+        ({"name": "carol", "allow_persona_override": "no"}, "allow_persona_override"),
+        ({"name": "carol", "budget_period": "fortnight"}, "budget_period"),
+        ({"name": "carol", "persona_id": ""}, "persona_id"),
+        ({"name": "carol", "colour": "blue"}, "colour"),
+        ({"name": ""}, "name"),
+        ({"name": "carol smith"}, "name"),
+        ({"rpm": 5}, "name"),
+    ],
+)
+def test_admin_key_settings_are_validated_and_nothing_is_stored(
+    make_gateway: GatewayFactory, spec: dict[str, Any], param: str
+) -> None:
+    gateway = make_gateway(admin={"key": ADMIN_KEY})
+    error = _error(_admin(gateway, "POST", "/admin/keys", json=spec), 400, "invalid_request_error")
+    assert error["param"] == param, error
+    assert param in error["message"]
+    assert _admin(gateway, "GET", "/admin/keys").json()["data"] == [], "nothing is stored"
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b""])
+def test_admin_key_body_that_is_not_an_object_is_a_400(
+    make_gateway: GatewayFactory, body: bytes
+) -> None:
+    gateway = make_gateway(admin={"key": ADMIN_KEY})
+    response = _admin(
+        gateway, "POST", "/admin/keys", content=body, headers={"content-type": "application/json"}
+    )
+    _error(response, 400, "invalid_request_error")
+    assert _admin(gateway, "GET", "/admin/keys").json()["data"] == []

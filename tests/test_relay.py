@@ -1,0 +1,218 @@
+"""The stream relay on its own: a scripted upstream answer, ASGI send/receive, no server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from app.accounting import RequestAccount
+from app.errors import UpstreamStreamCut, UpstreamTimeout
+from app.records import UsageRecord
+from app.relay import StreamRelay
+from app.usage import CHAT, RESPONSES
+
+
+def chat_chunk(text: str) -> bytes:
+    payload = {"id": "chatcmpl_1", "choices": [{"index": 0, "delta": {"content": text}}]}
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+USAGE_CHUNK = b'data: {"id":"chatcmpl_1","choices":[],"usage":{"credits_used":3}}\n\n'
+DONE = b"data: [DONE]\n\n"
+
+
+class ScriptedReply:
+    """An upstream answer that yields the given chunks, then raises `failure` if one is set."""
+
+    def __init__(
+        self, chunks: list[bytes], failure: BaseException | None = None, hold: bool = False
+    ) -> None:
+        self.status_code = 200
+        self.headers = {"content-type": "text/event-stream"}
+        self._chunks = chunks
+        self._failure = failure
+        self._hold = hold  # after the chunks, wait forever (an upstream still working)
+        self.closed = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        for chunk in self._chunks:
+            await asyncio.sleep(0)
+            yield chunk
+        if self._failure is not None:
+            raise self._failure
+        if self._hold:
+            await asyncio.Event().wait()
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class Client:
+    """The ASGI side: what was sent, and a switch that makes the client hang up."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.gone = asyncio.Event()
+        self.got_body = asyncio.Event()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+        if message.get("body"):
+            self.got_body.set()
+
+    async def receive(self) -> dict[str, Any]:
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.messages[1:])
+
+    @property
+    def ended(self) -> bool:
+        return self.messages[-1].get("more_body") is False
+
+
+def relay(
+    reply: ScriptedReply, endpoint: str = CHAT, drop_usage_chunk: bool = False
+) -> tuple[StreamRelay, list[UsageRecord]]:
+    closed: list[UsageRecord] = []
+    account = RequestAccount(endpoint, "req-1", closed.append)
+    response = StreamRelay(
+        reply,  # type: ignore[arg-type]  # the relay needs only status, headers, chunks, aclose
+        {"x-request-id": "req-1"},
+        account,
+        endpoint=endpoint,
+        drop_usage_chunk=drop_usage_chunk,
+    )
+    return response, closed
+
+
+def run(response: StreamRelay, client: Client) -> None:
+    asyncio.run(response({"type": "http"}, client.receive, client.send))
+
+
+def test_a_stream_goes_through_byte_for_byte_and_is_booked_once() -> None:
+    chunks = [chat_chunk("Hel"), chat_chunk("lo") + USAGE_CHUNK[:20], USAGE_CHUNK[20:], DONE]
+    reply = ScriptedReply(chunks)
+    response, closed = relay(reply)
+    client = Client()
+    run(response, client)
+    start = client.messages[0]
+    assert start["type"] == "http.response.start" and start["status"] == 200
+    assert [m["body"] for m in client.messages[1:-1]] == chunks, "chunk boundaries kept"
+    assert client.ended and client.messages[-1]["body"] == b""
+    [record] = closed
+    assert (record.outcome, record.status, record.credits_used) == ("ok", 200, 3)
+    assert record.upstream_request_id == "chatcmpl_1"
+    assert record.ttfb_ms is not None and record.latency_ms is not None
+    assert reply.closed
+
+
+def test_the_usage_chunk_the_gateway_asked_for_is_dropped_but_counted() -> None:
+    reply = ScriptedReply([chat_chunk("Hi"), USAGE_CHUNK, DONE])
+    response, closed = relay(reply, drop_usage_chunk=True)
+    client = Client()
+    run(response, client)
+    assert client.body == chat_chunk("Hi") + DONE
+    assert closed[0].credits_used == 3
+
+
+def test_a_cut_between_events_ends_with_an_error_event_in_the_stream_format() -> None:
+    cut = UpstreamStreamCut("Mavera cut its answer short: connection reset")
+    reply = ScriptedReply([chat_chunk("Hi")], failure=cut)
+    response, closed = relay(reply)
+    client = Client()
+    run(response, client)
+    assert client.ended
+    last = client.messages[-1]["body"]
+    assert last.startswith(b"data: ") and last.endswith(b"\n\n")
+    error = orjson.loads(last[6:])["error"]
+    assert error["code"] == "upstream_stream_cut" and "connection reset" in error["message"]
+    [record] = closed
+    assert (record.outcome, record.error_code) == ("upstream_error", "upstream_stream_cut")
+    assert reply.closed
+
+
+def test_a_responses_stream_cut_gets_an_error_event_line() -> None:
+    reply = ScriptedReply([b"event: response.created\ndata: {}\n\n"], failure=UpstreamTimeout("x"))
+    response, closed = relay(reply, endpoint=RESPONSES)
+    client = Client()
+    run(response, client)
+    assert client.messages[-1]["body"].startswith(b"event: error\ndata: ")
+    assert (closed[0].outcome, closed[0].error_code) == ("upstream_error", "upstream_timeout")
+
+
+def test_a_cut_inside_an_event_leaves_the_body_incomplete() -> None:
+    reply = ScriptedReply([chat_chunk("Hi")[:10]], failure=UpstreamStreamCut("reset"))
+    response, closed = relay(reply)
+    client = Client()
+    run(response, client)
+    assert not client.ended, "appending to a half-sent event would corrupt it"
+    assert client.body == chat_chunk("Hi")[:10]
+    assert closed[0].outcome == "upstream_error"
+
+
+def test_a_client_that_leaves_mid_stream_is_booked_as_disconnected() -> None:
+    reply = ScriptedReply([chat_chunk("Hi")], hold=True)
+    response, closed = relay(reply)
+    client = Client()
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(response({"type": "http"}, client.receive, client.send))
+        await client.got_body.wait()
+        client.gone.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
+    [record] = closed
+    assert (record.outcome, record.error_code) == ("client_disconnected", "client_disconnected")
+    assert record.credits_used is None
+    assert reply.closed, "the upstream answer is closed when the client goes"
+
+
+def test_a_client_that_hangs_up_after_the_last_event_is_ok() -> None:
+    reply = ScriptedReply([chat_chunk("Hi"), USAGE_CHUNK, DONE], hold=True)
+    response, closed = relay(reply)
+    client = Client()
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(response({"type": "http"}, client.receive, client.send))
+        while DONE not in client.body:
+            await asyncio.sleep(0.001)
+        client.gone.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
+    assert (closed[0].outcome, closed[0].credits_used) == ("ok", 3)
+
+
+def test_a_bug_inside_the_pump_is_the_gateways_fault() -> None:
+    reply = ScriptedReply([chat_chunk("Hi")], failure=KeyError("a gateway bug"))
+    response, closed = relay(reply)
+    run(response, Client())
+    [record] = closed
+    assert (record.outcome, record.error_code) == ("gateway_error", "internal_error")
+    assert reply.closed
+
+
+def test_a_stream_cancelled_by_shutdown_is_booked_as_shutdown() -> None:
+    reply = ScriptedReply([chat_chunk("Hi")], hold=True)
+    response, closed = relay(reply)
+    client = Client()
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(response({"type": "http"}, client.receive, client.send))
+        await client.got_body.wait()
+        task.cancel()  # what uvicorn does when a shutdown runs past its grace period
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    [record] = closed
+    assert (record.outcome, record.status, record.error_code) == ("shutdown", 200, "shutdown")
+    assert reply.closed
