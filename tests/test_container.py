@@ -37,6 +37,7 @@ STOP_GRACE_S = 40  # longer than the image's SHUTDOWN_GRACE_S, as docs/docker.md
 
 @pytest.fixture(scope="module")
 def podman() -> Podman:
+    """Podman, or a skip (a failure under GATEWAY_REQUIRE_SERVICES=1) saying how to get it."""
     return Podman(find_podman())
 
 
@@ -67,6 +68,7 @@ def work(podman: Podman, image: str) -> Iterator[Workspace]:
 
 @pytest.fixture
 def port() -> int:
+    """A free loopback port for the gateway under test."""
     return free_port()
 
 
