@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +25,8 @@ import openai
 import pytest
 
 from tests.clients.image import ROOT
+from tests.conftest import free_port
 from tests.podman import Container, Podman, Workspace, find_podman
-from tests.processes import free_port
 
 # Distinctive, so finding it in any output is unambiguous; the simulator takes any such key.
 MAVERA_KEY = "mvra_live_CONTAINER_never_in_logs_3b8e61f0c2d94a57"
@@ -93,7 +94,7 @@ def test_configured_by_environment_alone_and_run_as_uid_10001(
     env = loopback_env(port, MAVERA_GATEWAY_CLIENTS__app__KEY_SHA256=CLIENT_KEY_SHA256)
     shown = work.run("check-config", env=env)
     assert shown.returncode == 0, shown.stderr
-    assert f'[clients.app]\nkey_sha256 = "{CLIENT_KEY_SHA256}"' in shown.stdout
+    assert tomllib.loads(shown.stdout)["clients"]["app"]["key_sha256"] == CLIENT_KEY_SHA256
 
     gateway = work.start("serve", "--simulate", env=env)
     url = f"http://127.0.0.1:{port}"
