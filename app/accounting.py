@@ -77,16 +77,19 @@ class RequestAccount:
             record.first_byte_at = time.time()
             record.ttfb_ms = (time.perf_counter() - record.started) * 1000
 
-    def usage(self, usage: Usage | None, *, free: bool = False) -> None:
-        """What Mavera said the request cost (`free`: an endpoint that costs no credits)."""
+    def usage(self, usage: Usage | None) -> None:
+        """What Mavera said the request cost, if it said."""
+        if usage is None:
+            return
         record = self.record
-        if usage is not None:
-            record.credits_used = usage.credits_used
-            record.input_tokens = usage.input_tokens
-            record.output_tokens = usage.output_tokens
-            record.upstream_request_id = usage.upstream_id or record.upstream_request_id
-        elif free:
-            record.credits_used = 0
+        record.credits_used = usage.credits_used
+        record.input_tokens = usage.input_tokens
+        record.output_tokens = usage.output_tokens
+        record.upstream_request_id = usage.upstream_id or record.upstream_request_id
+
+    def free(self) -> None:
+        """The request was served by an endpoint that costs no credits."""
+        self.record.credits_used = 0
 
     def answered(self, status: int, error_code: str | None = None) -> None:
         """Mavera's answer (or the gateway's own) reached the client with this status."""

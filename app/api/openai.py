@@ -242,12 +242,12 @@ async def _personas(gateway: Gateway, request: Request, account: RequestAccount)
     query = str(request.query_params)
     cached = gateway.personas_cache.get(query)
     if cached is not None:
-        account.usage(None, free=True)
+        account.free()
         return Response(cached, media_type="application/json")
     reply, content = await gateway.upstream.fetch(
         "GET", "personas", request.headers, account.request_id, params=dict(request.query_params)
     )
     if reply.status_code == 200:
         gateway.personas_cache.put(query, content)
-        account.usage(None, free=True)
+        account.free()
     return Response(content, reply.status_code, reply.headers)
