@@ -33,6 +33,7 @@ CONTRACT_ENV: dict[str, tuple[str, ...]] = {
     "MAVERA_GATEWAY_DATABASE_URL": ("ledger", "database_url"),
     "MAVERA_GATEWAY_REDIS_URL": ("limits", "redis_url"),
     "MAVERA_GATEWAY_ADMIN_KEY": ("admin", "key"),
+    "MAVERA_GATEWAY_METRICS_KEY": ("metrics", "key"),
 }
 
 _config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
@@ -52,6 +53,12 @@ class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    max_headers: int = Field(100, gt=0)
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)
+    keepalive_timeout_s: float = Field(5.0, gt=0)
+    max_connections: int = Field(1000, gt=0)
     allow_open: bool = False
     shutdown_grace_s: float = Field(30.0, ge=0)
     log_format: Literal["text", "json"] = "text"
@@ -70,6 +77,7 @@ class UpstreamSettings(_Section):
     keepalive_s: float = Field(5.0, ge=0)
     proxy_url: str | None = None
     ca_bundle: str | None = None
+    max_event_bytes: int = Field(1024 * 1024, ge=1024)
 
     @field_validator("base_url")
     @classmethod
@@ -135,6 +143,7 @@ class LedgerSettings(_Section):
     flush_interval_ms: int = Field(200, gt=0)
     batch_size: int = Field(500, gt=0)
     max_buffer: int = Field(100_000, gt=0)
+    durability: Literal["batched", "strict"] = "batched"
 
     @field_validator("database_url")
     @classmethod
@@ -150,6 +159,11 @@ class LimitsSettings(_Section):
 
 class AdminSettings(_Section):
     key: SecretStr | None = None
+
+
+class MetricsSettings(_Section):
+    key: SecretStr | None = None
+    public_client_labels: bool = False
 
 
 class Settings(BaseSettings):
@@ -171,6 +185,7 @@ class Settings(BaseSettings):
     ledger: LedgerSettings = LedgerSettings()
     limits: LimitsSettings = LimitsSettings()
     admin: AdminSettings = AdminSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @field_validator("routes")
     @classmethod
