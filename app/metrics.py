@@ -1,13 +1,17 @@
 """Prometheus metrics for one gateway: requests, credits, latency, streams, ledger health.
 
 Labels are client names, endpoints and outcomes only: never a key, a persona prompt or content.
+Client names and spend are the admin API's data, so the public view leaves them out: per-client
+series are summed away and the credit families dropped (`render(per_client=False)`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from app.records import UsageRecord, cost_unknown
 
@@ -67,6 +71,12 @@ class Metrics:
             "Records waiting to be written",
             registry=self.registry,
         )
+        self._public = CollectorRegistry(auto_describe=False)
+        self._public.register(
+            _WithoutClients(
+                self.registry, {"mavera_gateway_credits", "mavera_gateway_requests_unknown_credits"}
+            )
+        )
 
     def track_in_flight(self, count: Callable[[], int]) -> None:
         """Report requests in progress at scrape time."""
@@ -92,6 +102,36 @@ class Metrics:
         if record.ttfb_ms is not None:
             self.ttfb.labels(record.endpoint).observe(record.ttfb_ms / 1000)
 
-    def render(self) -> bytes:
-        """The text exposition format."""
-        return generate_latest(self.registry)
+    def render(self, *, per_client: bool) -> bytes:
+        """The text exposition format: every series, or the public view without clients."""
+        if per_client:
+            return generate_latest(self.registry)
+        return generate_latest(self._public)
+
+
+class _WithoutClients(Collector):
+    """Another registry's metrics with the `client` label summed away and spend left out."""
+
+    def __init__(self, source: CollectorRegistry, private: set[str]) -> None:
+        self.source = source
+        self.private = private
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.source.collect():
+            if family.name in self.private:
+                continue
+            if not any("client" in sample.labels for sample in family.samples):
+                yield family
+                continue
+            merged: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+            for sample in family.samples:
+                labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "client"))
+                key = (sample.name, labels)
+                if sample.name.endswith("_created"):  # when the series began: the earliest
+                    merged[key] = min(merged.get(key, sample.value), sample.value)
+                else:
+                    merged[key] = merged.get(key, 0.0) + sample.value
+            summed = Metric(family.name, family.documentation, family.type)
+            for (name, labels), value in merged.items():
+                summed.add_sample(name, dict(labels), value)
+            yield summed

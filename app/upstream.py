@@ -56,7 +56,12 @@ RETURNED_RESPONSE_HEADERS = (
     "x-ratelimit-remaining",
     "x-ratelimit-reset",
 )
-KEY_PATTERN = re.compile(r"mvra_[A-Za-z0-9_\-]+")
+KEY_PATTERN = re.compile(rb"mvra_[A-Za-z0-9_\-]+")
+REDACTED = b"mvra_[redacted]"
+# Error bodies are read to this size at most: enough for any real error, and a hostile or
+# broken upstream cannot make the gateway buffer more.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+MAX_ERROR_CODE_CHARS = 64
 RETRY_STATUSES = frozenset({502, 503})
 RETRY_BASE_DELAY_S = 0.25
 RETRY_MAX_DELAY_S = 4.0
@@ -102,17 +107,66 @@ def returned_headers(found: Mapping[str, str]) -> dict[str, str]:
     return {name: found[name] for name in RETURNED_RESPONSE_HEADERS if name in found}
 
 
+class Scrubber:
+    """Removes the Mavera key, and anything shaped like one, from what the upstream sent."""
+
+    def __init__(self, api_key: str) -> None:
+        self._key = api_key.encode() if api_key else b""
+
+    def bytes(self, data: bytes) -> bytes:
+        """`data` with every key replaced."""
+        if self._key:
+            data = data.replace(self._key, REDACTED)
+        return KEY_PATTERN.sub(REDACTED, data)
+
+    def text(self, text: str) -> str:
+        """`text` with every key replaced."""
+        return self.bytes(text.encode("utf-8", "replace")).decode("utf-8", "replace")
+
+
+def error_body(status: int, raw: bytes, scrubber: Scrubber) -> bytes:
+    """An upstream error body fit for the client: no key in it, and in the OpenAI error shape.
+
+    Mavera's own JSON errors pass as they are (less any key); anything else, such as an HTML
+    page from a proxy, is wrapped so that SDKs can parse it.
+    """
+    clean = scrubber.bytes(raw)
+    try:
+        parsed = orjson.loads(clean)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        return clean
+    said = clean[:500].decode("utf-8", "replace").strip() or "no body"
+    message = f"Mavera (or a proxy in front of it) answered {status} without a JSON error: {said}"
+    return orjson.dumps(
+        {
+            "error": {
+                "message": message,
+                "type": "upstream_error",
+                "param": None,
+                "code": f"upstream_http_{status}",
+            }
+        }
+    )
+
+
 class UpstreamReply:
     """Mavera's answer with its headers in and its body still to come.
 
     Reading the body raises only GatewayErrors; `aclose` gives the connection back.
     """
 
-    def __init__(self, response: TransportResponse, read_timeout_s: float) -> None:
+    def __init__(
+        self, response: TransportResponse, read_timeout_s: float, scrubber: Scrubber
+    ) -> None:
         self._response = response
         self._read_timeout_s = read_timeout_s
+        self._scrubber = scrubber
         self.status_code = response.status_code
         self.headers = returned_headers(response.headers)
+        if self.status_code >= 400:
+            self.headers = {k: scrubber.text(v) for k, v in self.headers.items()}
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body, chunk by chunk as Mavera sends it."""
@@ -127,11 +181,26 @@ class UpstreamReply:
             raise UpstreamStreamCut(f"Mavera cut its answer short: {exc}") from None
 
     async def read(self) -> bytes:
-        """The whole body; the connection is given back afterwards."""
+        """The whole body, given back with the connection afterwards.
+
+        An error body (4xx) is bounded, scrubbed of keys and put in the OpenAI error shape;
+        `headers` then says it is JSON.
+        """
+        if self.status_code < 400:
+            try:
+                return b"".join([chunk async for chunk in self.chunks()])
+            finally:
+                await self.aclose()
+        raw = bytearray()
         try:
-            return b"".join([chunk async for chunk in self.chunks()])
+            async for chunk in self.chunks():
+                raw += chunk
+                if len(raw) > MAX_ERROR_BODY_BYTES:
+                    break  # the rest is not worth reading; the connection is dropped
         finally:
             await self.aclose()
+        self.headers["content-type"] = "application/json"
+        return error_body(self.status_code, bytes(raw[:MAX_ERROR_BODY_BYTES]), self._scrubber)
 
     async def aclose(self) -> None:
         """Give the connection back (or drop it, if the answer did not end cleanly)."""
@@ -144,6 +213,7 @@ class Upstream:
     def __init__(self, settings: UpstreamSettings, transport: Transport | None = None) -> None:
         self.settings = settings
         self._api_key = settings.api_key.get_secret_value() if settings.api_key else ""
+        self.scrubber = Scrubber(self._api_key)
         self.transport: Transport = transport or Pool(
             settings.base_url,
             connect_timeout_s=settings.connect_timeout_s,
@@ -186,9 +256,9 @@ class Upstream:
             else:
                 status = response.status_code
                 if status < 500 and status != 401:
-                    return UpstreamReply(response, self.settings.read_timeout_s)
+                    return UpstreamReply(response, self.settings.read_timeout_s, self.scrubber)
                 if status not in RETRY_STATUSES or attempt >= self.settings.max_retries:
-                    raise await _failure(response)
+                    raise await _failure(response, self.scrubber)
                 delay = _backoff(attempt, response.headers.get("retry-after"))
                 await response.aclose()
             attempt += 1
@@ -250,15 +320,19 @@ def _backoff(attempt: int, retry_after: str | None) -> float:
     return delay * (0.5 + random.random() / 2)
 
 
-async def _failure(response: TransportResponse) -> GatewayError:
+async def _failure(response: TransportResponse, scrubber: Scrubber) -> GatewayError:
     """The GatewayError for an upstream 401 or 5xx, quoting what the upstream said."""
+    body = bytearray()
     try:
-        body = await response.aread()
+        async for chunk in response.aiter_raw():
+            body += chunk
+            if len(body) > MAX_ERROR_BODY_BYTES:
+                break
     except TransportError:
-        body = b""
+        pass
     finally:
         await response.aclose()
-    said = KEY_PATTERN.sub("mvra_[redacted]", _upstream_message(body))
+    said = _upstream_message(scrubber.bytes(bytes(body[:MAX_ERROR_BODY_BYTES])))
     if response.status_code == 401:
         return UpstreamAuthFailed(
             "Mavera rejected the gateway's API key (the gateway operator must fix MAVERA_API_KEY; "
@@ -270,6 +344,6 @@ async def _failure(response: TransportResponse) -> GatewayError:
 def _upstream_message(body: bytes) -> str:
     try:
         error = orjson.loads(body).get("error", {})
-        return f"{error.get('code')}: {error.get('message')}"
+        return f"{error.get('code')}: {str(error.get('message'))[:500]}"
     except (orjson.JSONDecodeError, AttributeError):
         return body[:200].decode("utf-8", "replace") or "no body"

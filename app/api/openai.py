@@ -31,6 +31,7 @@ from app.records import new_id
 from app.relay import StreamRelay, unless_disconnected
 from app.routing import apply_target, resolve
 from app.state import Gateway
+from app.upstream import MAX_ERROR_CODE_CHARS
 from app.usage import CHAT, RESPONSES, ask_for_stream_usage, usage_from_body
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -122,12 +123,13 @@ async def proxy_generation(request: Request, endpoint: str) -> Response:
                 request.receive,
                 upstream.open("POST", endpoint, request.headers, account.request_id, content),
             )
-            reply_headers.update(reply.headers)
             if reply.status_code < 300:
+                reply_headers.update(reply.headers)
                 return StreamRelay(
                     reply, reply_headers, account, endpoint=endpoint, drop_usage_chunk=drop_usage
                 )
             answer = await unless_disconnected(request.receive, reply.read())
+            reply_headers.update(reply.headers)
         else:
             reply, answer = await unless_disconnected(
                 request.receive,
@@ -157,7 +159,7 @@ def _error_code(content: bytes) -> str | None:
         code = orjson.loads(content)["error"]["code"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return None
-    return code if isinstance(code, str) else None
+    return code[:MAX_ERROR_CODE_CHARS] if isinstance(code, str) else None
 
 
 async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:

@@ -234,6 +234,9 @@ class Simulator:
             record.error_code = error.code
             error_headers = {**headers, **error.headers}
             error_body = orjson.dumps(error.envelope())
+            if script.error_body is not None:
+                error_body = script.error_body.replace("{api_key}", record.api_key or "").encode()
+                error_headers["content-type"] = script.error_content_type
             return Delivery(
                 record=record,
                 script=script,

@@ -120,11 +120,10 @@ class Delivery:
 
     async def _send_body(self, receive: Receive, send: Send) -> None:
         body = self.body or b""
-        headers = [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
-        headers += [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
+        given = {k.lower(): v for k, v in self.headers.items()}
+        given.setdefault("content-type", "application/json")
+        headers = [(k.encode(), v.encode()) for k, v in given.items()]
+        headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         cut, hang = self.script.cut_after, self.script.hang_after
         partial = cut if cut is not None else hang

@@ -25,8 +25,11 @@ class SimScript:
 
     They apply to ``/chat/completions`` and ``/responses`` only, after authentication, rate
     limiting and validation. ``status`` answers with that error instead of generating (still
-    subject to the delays and hangs). For non-stream responses ``cut_after`` and ``hang_after``
-    count body bytes, not SSE events; ``cut_after`` wins when both are set.
+    subject to the delays and hangs); ``error_body`` replaces that error's JSON with a raw body
+    of type ``error_content_type`` (an HTML page from a proxy in front of Mavera, say), in which
+    ``{api_key}`` becomes the key the request carried, the way a careless upstream echoes
+    credentials. For non-stream responses ``cut_after`` and ``hang_after`` count body bytes, not
+    SSE events; ``cut_after`` wins when both are set.
     """
 
     first_byte_delay_ms: float = 0
@@ -37,6 +40,8 @@ class SimScript:
     hang: bool = False
     hang_after: int | None = None
     retry_after_s: int | None = None
+    error_body: str | None = None
+    error_content_type: str = "text/plain; charset=utf-8"
 
 
 @dataclass
@@ -75,6 +80,8 @@ def _check_field(name: str, value: Any) -> bool:
     """Whether ``value`` has an acceptable type for the SimScript field ``name``."""
     if name == "hang":
         return isinstance(value, bool)
+    if name in ("error_body", "error_content_type"):
+        return isinstance(value, str) or (name == "error_body" and value is None)
     if isinstance(value, bool):
         return False
     if name in _NUMBERS:

@@ -31,6 +31,9 @@ CLIENTS = {
     name: {"key_sha256": hashlib.sha256(key.encode()).hexdigest()} for name, key in KEYS.items()
 }
 ASK = [{"role": "user", "content": f"Tell me: {PHRASE}"}]
+METRICS_KEY = "metrics-key-for-tests-9f8e7d"
+ADMIN_KEY = "admin-key-for-metrics-tests-1a2b3c"
+BY_CLIENT = {"authorization": f"Bearer {METRICS_KEY}"}
 
 
 def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -89,7 +92,9 @@ def _every_outcome(gateway: RunningGateway) -> int:
 
 
 def test_metrics_count_requests_credits_latency_and_streams(make_gateway: GatewayFactory) -> None:
-    gateway = make_gateway(clients=CLIENTS, defaults={"allow_persona_override": True})
+    gateway = make_gateway(
+        clients=CLIENTS, defaults={"allow_persona_override": True}, metrics={"key": METRICS_KEY}
+    )
     made = _every_outcome(gateway)
     rows = _wait_for_records(gateway, made)
     assert {r["outcome"] for r in rows} == {
@@ -99,7 +104,7 @@ def test_metrics_count_requests_credits_latency_and_streams(make_gateway: Gatewa
         "rejected",
         "client_disconnected",
     }
-    response = httpx.get(gateway.url + "/metrics", timeout=10)
+    response = httpx.get(gateway.url + "/metrics", headers=BY_CLIENT, timeout=10)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
@@ -145,6 +150,53 @@ def test_metrics_count_requests_credits_latency_and_streams(make_gateway: Gatewa
     assert "mavera_gateway_ledger_dropped_records_total" in samples
 
 
+def test_metrics_without_a_key_show_no_client_names_or_spend(
+    make_gateway: GatewayFactory,
+) -> None:
+    gateway = make_gateway(
+        clients=CLIENTS,
+        defaults={"allow_persona_override": True},
+        metrics={"key": METRICS_KEY},
+        admin={"key": ADMIN_KEY},
+    )
+    made = _every_outcome(gateway)
+    rows = _wait_for_records(gateway, made)
+    public = httpx.get(gateway.url + "/metrics", timeout=10)
+    assert public.status_code == 200
+    for name in (*KEYS, "unknown"):
+        assert f'client="{name}"' not in public.text
+    samples = _samples(public.text)
+    assert "mavera_gateway_credits_total" not in samples
+    assert "mavera_gateway_requests_unknown_credits_total" not in samples
+    requests = samples["mavera_gateway_requests_total"]
+    assert all("client" not in labels for labels, _ in requests)
+    expected = Counter((r["endpoint"], r["outcome"]) for r in rows)
+    assert {(s["endpoint"], s["outcome"]): v for s, v in requests} == expected, "summed exactly"
+    assert "mavera_gateway_request_seconds_count" in samples
+
+    for key in (METRICS_KEY, ADMIN_KEY):
+        full = httpx.get(gateway.url + "/metrics", headers={"authorization": f"Bearer {key}"})
+        assert 'client="alice"' in full.text and "mavera_gateway_credits_total" in full.text
+    wrong = httpx.get(gateway.url + "/metrics", headers={"authorization": "Bearer guess"})
+    assert wrong.status_code == 401
+    assert wrong.json()["error"]["code"] == "invalid_api_key"
+    gateway_key = httpx.get(
+        gateway.url + "/metrics", headers={"authorization": f"Bearer {KEYS['alice']}"}
+    )
+    assert gateway_key.status_code == 401, "a client's gateway key does not unlock the others"
+
+
+def test_client_labels_can_be_made_public_on_a_private_network(
+    make_gateway: GatewayFactory,
+) -> None:
+    gateway = make_gateway(clients=CLIENTS, metrics={"public_client_labels": True})
+    alice = gateway.client(KEYS["alice"])
+    alice.chat.completions.create(model="mavera-1", messages=ASK)
+    _wait_for_records(gateway, 1)
+    text = httpx.get(gateway.url + "/metrics", timeout=10).text
+    assert 'client="alice"' in text and "mavera_gateway_credits_total" in text
+
+
 def test_streams_the_sdk_reads_to_the_end_count_as_ok(gateway: RunningGateway) -> None:
     """The SDK hangs up as soon as it has read `[DONE]`, often before the gateway has seen
     Mavera's stream end: such a stream was delivered whole and must not count as a disconnect."""
@@ -162,7 +214,9 @@ def test_streams_the_sdk_reads_to_the_end_count_as_ok(gateway: RunningGateway) -
 
 
 def test_metrics_never_show_keys_content_or_persona_text(make_gateway: GatewayFactory) -> None:
-    gateway = make_gateway(clients=CLIENTS, defaults={"allow_persona_override": True})
+    gateway = make_gateway(
+        clients=CLIENTS, defaults={"allow_persona_override": True}, metrics={"key": METRICS_KEY}
+    )
     made = _every_outcome(gateway)
     personas = httpx.get(
         gateway.url + "/v1/personas",
@@ -172,7 +226,8 @@ def test_metrics_never_show_keys_content_or_persona_text(make_gateway: GatewayFa
     assert personas.status_code == 200
     _wait_for_records(gateway, made + 1)
     text = httpx.get(gateway.url + "/metrics", timeout=10).text
-    secrets = [UPSTREAM_KEY, "mvra_", "mgw_", *KEYS.values()]
+    text += httpx.get(gateway.url + "/metrics", headers=BY_CLIENT, timeout=10).text
+    secrets = [UPSTREAM_KEY, "mvra_", "mgw_", *KEYS.values(), METRICS_KEY]
     secrets += [c["key_sha256"] for c in CLIENTS.values()]
     for secret in secrets:
         assert secret not in text

@@ -85,3 +85,83 @@ def test_bad_config_names_the_key_and_file_without_secrets(tmp_path: Path) -> No
     assert done.returncode == 2
     assert "server.port" in done.stderr and str(config) in done.stderr
     assert UPSTREAM_KEY not in done.stdout + done.stderr
+
+
+ECHO_JSON = (
+    '{"error": {"message": "persona not enabled for API key {api_key}", '
+    '"type": "invalid_request_error", "code": "persona_not_enabled", "param": null}}'
+)
+ECHO_HTML = "<html><body><h1>403 Forbidden</h1><p>Bearer {api_key}</p></body></html>"
+
+
+def _echoing(status: int, body: str, content_type: str, **extra: object) -> dict[str, object]:
+    script = {"status": status, "error_body": body, "error_content_type": content_type, **extra}
+    return {"model": "mavera-1", "messages": HI, "mavera_sim": script}
+
+
+def test_an_upstream_error_that_echoes_the_key_is_scrubbed(make_gateway: GatewayFactory) -> None:
+    gateway = make_gateway()
+    for stream in (False, True):
+        body = {**_echoing(403, ECHO_JSON, "application/json"), "stream": stream}
+        response = httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=10)
+        assert response.status_code == 403
+        assert UPSTREAM_KEY not in response.text
+        assert UPSTREAM_KEY.removeprefix("mvra_live_") not in response.text
+        error = response.json()["error"]
+        assert error["code"] == "persona_not_enabled", "Mavera's own error otherwise passes"
+        assert error["message"] == "persona not enabled for API key mvra_[redacted]"
+    assert gateway.sim.records[-1].api_key == UPSTREAM_KEY, "the simulator did see the key"
+    for record in gateway.records():
+        assert UPSTREAM_KEY not in repr(record)
+
+
+def test_a_non_json_upstream_error_is_wrapped_keeping_status_and_retry_after(
+    make_gateway: GatewayFactory,
+) -> None:
+    gateway = make_gateway(upstream={"max_retries": 0})
+    html = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        json=_echoing(400, ECHO_HTML, "text/html"),
+        timeout=10,
+    )
+    assert html.status_code == 400
+    assert html.headers["content-type"] == "application/json"
+    error = html.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == "upstream_http_400"
+    assert "403 Forbidden" in error["message"] and "Bearer mvra_[redacted]" in error["message"]
+    assert UPSTREAM_KEY not in html.text
+
+    limited = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        json=_echoing(429, "slow down", "text/plain", retry_after_s=7),
+        timeout=10,
+    )
+    assert limited.status_code == 429
+    assert limited.headers["retry-after"] == "7"
+    assert limited.json()["error"]["message"].endswith("slow down")
+
+
+def test_a_401_or_5xx_that_echoes_the_key_is_scrubbed(make_gateway: GatewayFactory) -> None:
+    gateway = make_gateway(upstream={"max_retries": 0})
+    for status in (401, 500, 503):
+        response = httpx.post(
+            gateway.url + "/v1/chat/completions",
+            json=_echoing(status, "denied for {api_key}", "text/plain"),
+            timeout=10,
+        )
+        assert response.status_code == 502
+        assert UPSTREAM_KEY not in response.text
+        assert "mvra_[redacted]" in response.json()["error"]["message"]
+
+
+def test_an_upstream_error_body_is_read_only_so_far(make_gateway: GatewayFactory) -> None:
+    gateway = make_gateway()
+    huge = "x" * (2 * 1024 * 1024)
+    response = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        json=_echoing(400, huge, "text/plain"),
+        timeout=10,
+    )
+    assert response.status_code == 400
+    assert len(response.content) < 2048, "the client gets a bounded summary, not 2 MiB"
