@@ -14,8 +14,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from starlette.requests import ClientDisconnect
+
 from app.clients import Client
-from app.errors import GatewayError, InternalError
+from app.errors import GatewayError, InternalError, ShuttingDown
 from app.records import Outcome, UsageRecord, outcome_for_status
 from app.routing import Target
 from app.usage import Usage
@@ -107,14 +109,15 @@ class RequestAccount:
         if isinstance(exc, GatewayError):
             self.close(status or exc.status, exc.outcome, exc.code)
             return exc
-        if isinstance(exc, ClientGone):
+        if isinstance(exc, ClientGone | ClientDisconnect):
             self.close(status or CLIENT_GONE_STATUS, "client_disconnected", "client_disconnected")
             return None
         if isinstance(exc, asyncio.CancelledError):
             # The server cancels requests only when a shutdown ran past its grace period;
             # a client that leaves is reported as a disconnect message, not a cancellation.
-            self.close(status or 503, "shutdown", "shutdown")
-            return None
+            stopping = ShuttingDown("the gateway is shutting down; retry on another replica")
+            self.close(status or stopping.status, stopping.outcome, stopping.code)
+            return stopping
         logger.error("unexpected error in request %s", self.request_id, exc_info=exc)
         error = InternalError(
             f"the gateway failed unexpectedly; its log has the details under request id "

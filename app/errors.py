@@ -15,6 +15,7 @@ GatewayError                      any error answered by the gateway, not the ups
 │   └── UpstreamStreamCut         502 upstream_stream_cut: the connection broke mid-answer
 ├── UpstreamBusy                  503 upstream_busy (+ Retry-After): no upstream connection free
 ├── UpstreamTimeout               504 upstream_timeout
+├── ShuttingDown                  503 shutdown: cut by a shutdown past its grace period
 └── InternalError                 500 internal_error: the gateway's own bug (outcome gateway_error)
 
 Upstream 4xx errors other than 401 are not GatewayErrors: they pass through as they came.
@@ -156,6 +157,13 @@ class UpstreamTimeout(GatewayError):
     status = 504
     type = "upstream_error"
     code = "upstream_timeout"
+
+
+class ShuttingDown(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "shutdown"
+    outcome = "shutdown"
 
 
 class InternalError(GatewayError):

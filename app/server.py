@@ -32,6 +32,7 @@ from app.upstream import Upstream
 logger = logging.getLogger("mavera_gateway")
 
 KEY_REFRESH_S = 2.0
+SETTLE_S = 2.0  # for cancelled requests to book themselves before the ledger is flushed
 _FastEndpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -85,6 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             refresher.cancel()
             await asyncio.gather(refresher, return_exceptions=True)
+            await gateway.settle(SETTLE_S)
             await gateway.writer.close()
             await gateway.upstream.aclose()
             await gateway.ledger.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -88,6 +89,18 @@ class Gateway:
             began = period_start(spec.budget_period, time.time())
             spent = await self.ledger.spent_since(client.name, began)
             self.limits.load_spent(client.name, spec.budget_period, began, spent)
+
+    async def settle(self, timeout_s: float) -> None:
+        """Wait (bounded) until every request has handed on its record.
+
+        After a shutdown past its grace period the server cancels the requests left and goes
+        straight on; their records are booked as the cancellations unwind, a moment later.
+        """
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self.in_flight:
+            logger.error("%d requests still unaccounted for at shutdown", self.in_flight)
 
     def finish(self, record: UsageRecord) -> None:
         """Account for a finished request: ledger, budget, metrics, and one log line."""

@@ -6,6 +6,8 @@ two generation endpoints from the same declarations on its fast path (`fast_path
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
@@ -15,7 +17,7 @@ from fastapi import APIRouter, Path
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.accounting import RequestAccount
+from app.accounting import CLIENT_GONE_STATUS, RequestAccount
 from app.api.schemas import (
     ERRORS,
     GENERATION_ERRORS,
@@ -116,7 +118,7 @@ async def proxy_generation(request: Request, endpoint: str) -> Response:
         stream = body.get("stream") is True
         drop_usage = endpoint == CHAT and stream and ask_for_stream_usage(body)
         gateway.limits.admit(client)
-        content = orjson.dumps(body)
+        content = _serialised(body)
         upstream = gateway.upstream
         if stream:
             reply = await unless_disconnected(
@@ -139,10 +141,23 @@ async def proxy_generation(request: Request, endpoint: str) -> Response:
         _account_answer(account, reply.status_code, answer)
         return Response(answer, reply.status_code, reply_headers)
     except BaseException as exc:
-        error = account.failed(exc)
-        if not isinstance(exc, Exception):
-            raise
-        return error.response(reply_headers) if error else Response(status_code=499)
+        return _failure(account, exc, reply_headers)
+
+
+def _failure(account: RequestAccount, exc: BaseException, headers: dict[str, str]) -> Response:
+    """Book a failed request and answer it, in the OpenAI shape where anyone is listening."""
+    error = account.failed(exc)
+    if isinstance(exc, asyncio.CancelledError):
+        # A shutdown past its grace period cancelled us before any answer went out: say so
+        # (503, the client may retry elsewhere) rather than let the server send a bare 500.
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+    elif not isinstance(exc, Exception):
+        raise exc
+    if error is None:
+        return Response(status_code=CLIENT_GONE_STATUS)
+    return error.response(headers)
 
 
 def _account_answer(account: RequestAccount, status: int, content: bytes) -> None:
@@ -162,6 +177,13 @@ def _error_code(content: bytes) -> str | None:
     return code[:MAX_ERROR_CODE_CHARS] if isinstance(code, str) else None
 
 
+def _serialised(body: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:  # nesting deeper than the serializer writes
+        raise InvalidRequest(TOO_DEEP.format(limit=MAX_FORWARD_DEPTH)) from None
+
+
 async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
     """The request body as a JSON object, or the error that says what is wrong with it."""
     declared = request.headers.get("content-length")
@@ -174,13 +196,39 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
         if size > max_bytes:
             raise BodyTooLarge(f"request body is over the gateway's limit of {max_bytes} bytes")
         chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
-        body = orjson.loads(b"".join(chunks))
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):
+            raise InvalidRequest(TOO_DEEP.format(limit=MAX_FORWARD_DEPTH)) from None
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
+    if _LONG_DIGITS.search(raw):
+        _refuse_huge_integers(raw)
     return body
+
+
+TOO_DEEP = "request body nests too deeply: the gateway forwards at most {limit} levels"
+MAX_FORWARD_DEPTH = 254  # orjson writes no deeper
+# 20 digits in a row: the only way to write an integer beyond 64 bits, which the parser would
+# turn into a float (a silent change of value). Rare, so the exact check runs only then.
+_LONG_DIGITS = re.compile(rb"\d{20}")
+_INT64 = range(-(2**63), 2**64)
+
+
+def _refuse_huge_integers(raw: bytes) -> None:
+    def exact(text: str) -> int:
+        number = int(text)
+        if number not in _INT64:
+            raise InvalidRequest(
+                f"request body holds the integer {text[:40]}, beyond 64 bits: the gateway would "
+                "change its value; send it as a string or a float"
+            )
+        return number
+
+    json.loads(raw, parse_int=exact)
 
 
 @router.get(
@@ -221,10 +269,7 @@ async def _accounted(request: Request, endpoint: str, handler: _Handler) -> Resp
         response.headers.update(headers)
         return response
     except BaseException as exc:
-        error = account.failed(exc)
-        if not isinstance(exc, Exception) or error is None:
-            raise
-        return error.response(headers)
+        return _failure(account, exc, headers)
 
 
 async def _models(gateway: Gateway, request: Request, account: RequestAccount) -> Response:

@@ -8,6 +8,7 @@ the simulator runs in this process, so its records say what Mavera charged for e
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import threading
@@ -230,3 +231,43 @@ def test_a_batch_being_written_when_shutdown_begins_is_not_lost(tmp_path: Path) 
         return sum(r["request_id"] == "last" for r in ledger_rows(f"sqlite:///{ledger.path}"))
 
     assert asyncio.run(scenario()) == 1
+
+
+def test_a_request_still_waiting_for_mavera_at_the_end_of_grace_gets_a_503(
+    spawn: Any, tmp_path: Path, simulator: tuple[Simulator, str]
+) -> None:
+    sim, sim_url = simulator
+    gateway = serve_subprocess(spawn, tmp_path, sim_url, grace_s=1)
+    body = {
+        "model": "mavera-1",
+        "messages": [{"role": "user", "content": "hi"}],
+        "mavera_sim": {"first_byte_delay_ms": 8000},
+    }
+    answer: dict[str, Any] = {}
+
+    def ask() -> None:
+        response = httpx.post(
+            gateway.url + "/v1/chat/completions",
+            json=body,
+            headers={"x-request-id": "waiting"},
+            timeout=30,
+        )
+        answer.update(status=response.status_code, body=response.content)
+
+    asker = threading.Thread(target=ask, daemon=True)
+    asker.start()
+    deadline = time.monotonic() + 10
+    while not any(r.headers.get("x-request-id") == "waiting" for r in sim.records):
+        assert time.monotonic() < deadline, "the request never reached the simulator"
+        time.sleep(0.02)
+    assert gateway.proc is not None
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert gateway.proc.wait(timeout=15) == 0, gateway.log()
+    asker.join(10)
+    assert answer["status"] == 503, answer
+    error = json.loads(answer["body"])["error"]
+    assert error["code"] == "shutdown" and set(error) == {"message", "type", "param", "code"}
+    rows = ledger_rows(f"sqlite:///{tmp_path / 'ledger.db'}")
+    assert [(r["request_id"], r["outcome"], r["status"]) for r in rows] == [
+        ("waiting", "shutdown", 503)
+    ]
