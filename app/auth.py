@@ -42,7 +42,8 @@ class KeyStore:
     """Digest -> Client, from the config file and from keys created with `keys create`."""
 
     def __init__(self, configured: Mapping[str, ClientSettings]) -> None:
-        self._configured = {s.key_sha256: Client(n, s.spec()) for n, s in configured.items()}
+        self._configured = _clients(configured)
+        self._stored: dict[str, Client] = {}
         self._by_digest = dict(self._configured)
         # Once any key has existed, stay closed: revoking the last key must not turn a gateway
         # that required keys (perhaps on a public address) into an open proxy until restart.
@@ -59,10 +60,17 @@ class KeyStore:
 
     def replace_stored(self, stored: Iterable[StoredKey]) -> None:
         """Swap in the current set of database keys (revocations take effect here)."""
-        merged = dict(self._configured)
-        merged.update((key.key_sha256, Client(key.name, key.spec)) for key in stored)
-        self._by_digest = merged
-        self._keyed = self._keyed or bool(merged)
+        self._stored = {key.key_sha256: Client(key.name, key.spec) for key in stored}
+        self._merge()
+
+    def replace_configured(self, configured: Mapping[str, ClientSettings]) -> None:
+        """Swap in the clients of a reloaded config file."""
+        self._configured = _clients(configured)
+        self._merge()
+
+    def _merge(self) -> None:
+        self._by_digest = {**self._configured, **self._stored}
+        self._keyed = self._keyed or bool(self._by_digest)
 
     def authenticate(self, headers: Mapping[str, str]) -> Client:
         """The calling client, or InvalidApiKey."""
@@ -78,3 +86,7 @@ class KeyStore:
         if client is None:
             raise InvalidApiKey("unknown or revoked gateway key")
         return client
+
+
+def _clients(configured: Mapping[str, ClientSettings]) -> dict[str, Client]:
+    return {s.key_sha256: Client(name, s.spec()) for name, s in configured.items()}

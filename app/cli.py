@@ -108,7 +108,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     settings = load_settings(args.config, **_overrides(args))
     if args.command == "serve":
-        serve(settings, simulate=args.simulate)
+        serve(
+            settings,
+            simulate=args.simulate,
+            reload_settings=lambda: load_settings(args.config, **_overrides(args)),
+        )
     elif args.command == "check-config":
         print(effective_config_toml(settings))
     elif args.command == "keys":

@@ -9,7 +9,7 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import uvicorn
 from pydantic import SecretStr
@@ -81,8 +81,16 @@ def with_simulator(settings: Settings, simulator_url: str) -> Settings:
     return settings.model_copy(update={"upstream": upstream, "defaults": defaults})
 
 
-def serve(settings: Settings, *, simulate: bool = False) -> None:
-    """Run the gateway in the foreground until SIGINT/SIGTERM, then drain and flush."""
+def serve(
+    settings: Settings,
+    *,
+    simulate: bool = False,
+    reload_settings: Callable[[], Settings] | None = None,
+) -> None:
+    """Run the gateway in the foreground until SIGINT/SIGTERM, then drain and flush.
+
+    `reload_settings` reads the configuration again on SIGHUP.
+    """
     api_key = settings.upstream.api_key
     configure_logging(settings.server.log_format, (api_key.get_secret_value(),) if api_key else ())
     check_exposure(settings)
@@ -93,6 +101,9 @@ def serve(settings: Settings, *, simulate: bool = False) -> None:
         AppStatus.enable_automatic_graceful_drain = False
         simulator = BackgroundServer(Simulator().app).start()
         settings = with_simulator(settings, simulator.url)
+        if reload_settings is not None:
+            read_again, url = reload_settings, simulator.url
+            reload_settings = lambda: with_simulator(read_again(), url)  # noqa: E731
         logger.info("simulate mode: upstream is the built-in Mavera simulator at %s", simulator.url)
     elif api_key is None:
         raise StartupRefused(
@@ -109,7 +120,7 @@ def serve(settings: Settings, *, simulate: bool = False) -> None:
     try:
         with _stop_signals_exit_cleanly():
             uvicorn.run(
-                create_app(settings),
+                create_app(settings, reload_settings),
                 host=host,
                 port=port,
                 loop="uvloop",

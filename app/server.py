@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 import re
+import signal
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -20,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from app.api import admin, openai, ops
 from app.auth import KeyStore
-from app.config import Settings
+from app.config import ConfigError, Settings
 from app.errors import GatewayError, error_body
 from app.ledger.backends import open_ledger
 from app.ledger.writer import LedgerWriter
@@ -73,17 +75,26 @@ class GatewayApp(FastAPI):
         return self._fast
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The gateway as an ASGI app; resources are created when its lifespan starts."""
+def create_app(
+    settings: Settings, reload_settings: Callable[[], Settings] | None = None
+) -> FastAPI:
+    """The gateway as an ASGI app; resources are created when its lifespan starts.
+
+    With `reload_settings`, SIGHUP reads the configuration again (when the app runs in the
+    main thread, as `mavera-gateway serve` runs it).
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gateway = await _start(settings)
         app.state.gateway = gateway
         refresher = asyncio.create_task(_refresh_keys(gateway), name="key-refresh")
+        hangup = reload_settings is not None and _on_hangup(gateway, reload_settings)
         try:
             yield
         finally:
+            if hangup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             refresher.cancel()
             await asyncio.gather(refresher, return_exceptions=True)
             await gateway.settle(SETTLE_S)
@@ -161,6 +172,30 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             schema.get("components", {}).get("schemas", {}).pop(unused, None)
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+def _on_hangup(gateway: Gateway, reload_settings: Callable[[], Settings]) -> bool:
+    """Reload the config on SIGHUP; False where signals cannot be handled (not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+
+    def reload() -> None:
+        try:
+            new = reload_settings()
+        except ConfigError as exc:
+            one_line = " ".join(str(exc).split())
+            logger.error("config reload refused, keeping the running config: %s", one_line)
+            return
+        fixed = gateway.reconfigure(new)
+        logger.info("config reloaded on SIGHUP")
+        if fixed:
+            logger.warning(
+                "config reload: changes to [%s] need a restart; the running values stay",
+                "], [".join(fixed),
+            )
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+    return True
 
 
 async def _refresh_keys(gateway: Gateway) -> None:

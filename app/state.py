@@ -23,6 +23,7 @@ from app.upstream import Upstream
 logger = logging.getLogger("mavera_gateway.requests")
 
 PERSONAS_CACHE_TTL_S = 30.0
+RESTART_SECTIONS = ("server", "upstream", "ledger", "limits")
 
 
 @dataclass
@@ -89,6 +90,21 @@ class Gateway:
             began = period_start(spec.budget_period, time.time())
             spent = await self.ledger.spent_since(client.name, began)
             self.limits.load_spent(client.name, spec.budget_period, began, spent)
+
+    def reconfigure(self, new: Settings) -> list[str]:
+        """Take on a reloaded config; return the sections that only a restart can change.
+
+        Personas, models, routes, clients, admin and metrics settings apply to the next request;
+        the server, the upstream connection and the ledger keep what they started with.
+        """
+        fixed = [
+            name for name in RESTART_SECTIONS if getattr(new, name) != getattr(self.settings, name)
+        ]
+        kept = {name: getattr(self.settings, name) for name in RESTART_SECTIONS}
+        self.settings = new.model_copy(update=kept)
+        self.keys.replace_configured(self.settings.clients)
+        self.personas_cache.entries.clear()
+        return fixed
 
     async def settle(self, timeout_s: float) -> None:
         """Wait (bounded) until every request has handed on its record.
