@@ -127,6 +127,16 @@ def test_an_idle_connection_expires_after_keepalive_s() -> None:
     _run(json_ok, test, keepalive_s=0.1)
 
 
+def test_idle_connections_past_keepalive_s_are_closed_without_a_new_request() -> None:
+    async def test(pool: Pool, seen: Origin) -> None:
+        await asyncio.gather(_post(pool), _post(pool))
+        assert (seen.connections, seen.ended) == (2, 0)
+        await asyncio.sleep(0.4)
+        assert seen.ended == 2
+
+    _run(json_ok, test, keepalive_s=0.1)
+
+
 def test_a_shorter_server_keep_alive_timeout_is_honoured() -> None:
     async def one_second(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _write(writer, b"HTTP/1.1 200 OK\r\nkeep-alive: timeout=1, max=100\r\n")

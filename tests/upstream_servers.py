@@ -67,6 +67,7 @@ class Origin:
     port: int
     requests: list[bytes] = field(default_factory=list)
     connections: int = 0
+    ended: int = 0  # connections the client closed or dropped
 
 
 @contextlib.asynccontextmanager
@@ -83,7 +84,9 @@ async def origin(handler: Handler, tls: ssl.SSLContext | None = None) -> AsyncIt
             while True:
                 seen.requests.append(await read_request(reader))
                 await handler(reader, writer)
-        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+        except asyncio.IncompleteReadError:
+            seen.ended += 1
+        except (ConnectionError, ssl.SSLError):
             pass
         finally:
             writer.close()
