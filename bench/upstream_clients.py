@@ -4,16 +4,19 @@ The gateway's own cost per request is dominated by its upstream client (see benc
 This puts numbers on the candidates, each doing what the gateway does for a non-streaming
 request (POST a JSON body on a pooled keep-alive connection, read the whole answer), at
 concurrency 1, 16 and 64, first with a fresh pool and then after 200 concurrent streams have
-grown the pool to 200+ idle connections. Clients that are not importable here are skipped:
+grown the pool to 200+ idle connections; once over plain HTTP and once over TLS (the same fake
+upstream behind TLS with a certificate from a throwaway CA, which every client is given).
+Clients that are not importable here are skipped:
 
-- `bare`: `bench.client.Connection` with a deque of idle connections (the floor);
+- `bare`: `bench.client.Connection` with a deque of idle connections (the floor; plain only);
 - `gateway`: the gateway's own `app.http1.Pool`;
 - `httpx` (and `httpx2` if installed) with the gateway's pool settings;
 - `aiohttp`, if installed.
 
-    python -m bench.upstream_clients [--port PORT] [--requests N]
+    python -m bench.upstream_clients [--port PORT] [--requests N] [--clients a,b] [--no-tls]
 
-Without `--port` it starts the fake upstream itself (needs httptools, uvloop, orjson).
+Without `--port` it starts the fake upstream itself (needs httptools, uvloop, orjson); the TLS
+upstream (`bench.tls_upstream`, always started here) needs trustme for its certificate.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import asyncio
 import collections
 import importlib
 import resource
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,7 +35,9 @@ from typing import Any, Protocol
 
 import uvloop
 
+from bench import procs
 from bench.client import Connection, encode_request
+from bench.tls_upstream import Tls, start
 
 BODY = b'{"model":"mavera-1","messages":[{"role":"user","content":"Say hello."}]}'
 STREAM_BODY = BODY[:-1] + b',"stream":true}'
@@ -65,15 +71,18 @@ class Bare:
 
 
 class Httpx:
-    """httpx (or a drop-in fork) configured as `app/upstream.py` configures it."""
+    """httpx (or a drop-in fork) with the gateway's pool settings."""
 
-    def __init__(self, port: int, module: str = "httpx") -> None:
+    def __init__(self, port: int, tls: Tls | None, module: str = "httpx") -> None:
         httpx: Any = importlib.import_module(module)
         limits = httpx.Limits(
-            max_connections=512, max_keepalive_connections=512, keepalive_expiry=30
+            max_connections=512, max_keepalive_connections=512, keepalive_expiry=5
         )
         self.client = httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}/api/v1/", limits=limits, trust_env=False
+            base_url=f"{_scheme(tls)}://127.0.0.1:{port}/api/v1/",
+            limits=limits,
+            trust_env=False,
+            verify=tls.client_context() if tls else True,
         )
 
     async def post(self, body: bytes) -> bytes:
@@ -93,13 +102,17 @@ class Httpx:
 class GatewayPool:
     """The gateway's own client, `app.http1.Pool`, as `app/upstream.py` configures it."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, tls: Tls | None) -> None:
         http1: Any = importlib.import_module("app.http1")
         self.pool = http1.Pool(
-            f"http://127.0.0.1:{port}/api/v1",
+            f"{_scheme(tls)}://127.0.0.1:{port}/api/v1",
             connect_timeout_s=5.0,
             read_timeout_s=120.0,
+            write_timeout_s=30.0,
+            pool_timeout_s=30.0,
             max_connections=512,
+            ca_bundle=str(tls.ca_file) if tls else None,
+            trust_env=False,
         )
 
     async def post(self, body: bytes) -> bytes:
@@ -117,10 +130,11 @@ class GatewayPool:
 class Aiohttp:
     """aiohttp's ClientSession with a TCPConnector of the same size."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, tls: Tls | None) -> None:
         aiohttp: Any = importlib.import_module("aiohttp")
-        self.url = f"http://127.0.0.1:{port}{PATH}"
-        connector = aiohttp.TCPConnector(limit=512, keepalive_timeout=30)
+        self.url = f"{_scheme(tls)}://127.0.0.1:{port}{PATH}"
+        context = tls.client_context() if tls else None
+        connector = aiohttp.TCPConnector(limit=512, keepalive_timeout=5, ssl=context or True)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
 
     async def post(self, body: bytes) -> bytes:
@@ -132,13 +146,18 @@ class Aiohttp:
         await self.session.close()
 
 
-FACTORIES: dict[str, Callable[[int], UpstreamClient]] = {
-    "bare": Bare,
+FACTORIES: dict[str, Callable[[int, Tls | None], UpstreamClient]] = {
+    "bare": lambda port, tls: Bare(port),
     "gateway": GatewayPool,
     "httpx": Httpx,
-    "httpx2": lambda port: Httpx(port, "httpx2"),
+    "httpx2": lambda port, tls: Httpx(port, tls, "httpx2"),
     "aiohttp": Aiohttp,
 }
+PLAIN_ONLY = {"bare"}
+
+
+def _scheme(tls: Tls | None) -> str:
+    return "https" if tls else "http"
 
 
 def _cpu() -> float:
@@ -172,11 +191,11 @@ async def _slow_post(client: UpstreamClient) -> None:
     await client.post(STREAM_BODY)  # a whole stream, read to the end: ~1 s per request
 
 
-async def measure(port: int, name: str, requests: int) -> list[str]:
+async def measure(port: int, name: str, requests: int, tls: Tls | None) -> list[str]:
     """Markdown rows for one client."""
     rows = []
     for concurrency in (1, 16, 64):
-        client = FACTORIES[name](port)
+        client = FACTORIES[name](port, tls)
         try:
             await load(client, concurrency, requests // 10)  # warm-up
             fresh = await load(client, concurrency, requests)
@@ -185,7 +204,8 @@ async def measure(port: int, name: str, requests: int) -> list[str]:
         finally:
             await client.aclose()
         rows.append(
-            f"| {name} | {concurrency} | {fresh[0]:.0f} | {fresh[1]:,.0f} "
+            f"| {name} | {'TLS' if tls else 'plain'} | {concurrency} | {fresh[0]:.0f} "
+            f"| {fresh[1]:,.0f} "
             f"| {grown[0]:.0f} | {grown[1]:,.0f} |"
         )
     return rows
@@ -210,26 +230,33 @@ def available(names: list[str]) -> list[str]:
     return found
 
 
-def run(port: int | None, names: list[str], requests: int) -> str:
-    """Measure every available client; start a fake upstream first if no port is given."""
-    upstream = None
-    if port is None:
-        from bench import targets
-
-        upstream = targets.start_upstream(Path(tempfile.mkdtemp()), 2, 50, 20.0)
-        port = upstream.port
+def run(port: int | None, names: list[str], requests: int, with_tls: bool = True) -> str:
+    """Measure every available client, plain then TLS; start the fake upstreams it needs."""
+    workdir = Path(tempfile.mkdtemp())
+    started: list[subprocess.Popen[bytes]] = []
     try:
+        if port is None:
+            from bench import targets
+
+            upstream = targets.start_upstream(workdir, 2, 50, 20.0)
+            assert upstream.process is not None
+            started.append(upstream.process)
+            port = upstream.port
+        tls = Tls(workdir) if with_tls else None
+        tls_port = start(tls, workdir, started) if tls else 0
         lines = [
-            "| client | concurrency | CPU us/request, fresh pool | req/s "
+            "| client | transport | concurrency | CPU us/request, fresh pool | req/s "
             "| CPU us/request, 200+ pooled | req/s |",
-            "|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|",
         ]
         for name in available(names):
-            lines += uvloop.run(measure(port, name, requests))
+            lines += uvloop.run(measure(port, name, requests, None))
+            if tls and name not in PLAIN_ONLY:
+                lines += uvloop.run(measure(tls_port, name, requests, tls))
         return "\n".join(lines)
     finally:
-        if upstream is not None:
-            upstream.stop()
+        for process in started:
+            procs.stop(process)
 
 
 def main() -> None:
@@ -238,8 +265,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, help="a fake upstream already running on 127.0.0.1")
     parser.add_argument("--clients", default=",".join(FACTORIES))
     parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--no-tls", action="store_true", help="plain HTTP rows only")
     args = parser.parse_args()
-    print(run(args.port, [n for n in args.clients.split(",") if n in FACTORIES], args.requests))
+    names = [n for n in args.clients.split(",") if n in FACTORIES]
+    print(run(args.port, names, args.requests, with_tls=not args.no_tls))
 
 
 if __name__ == "__main__":

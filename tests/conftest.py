@@ -75,11 +75,15 @@ def ledger_rows(database_url: str) -> list[dict[str, Any]]:
     return [dict(zip(COLUMNS, row, strict=True)) for row in rows]
 
 
+# The upstream client honours these as curl does; a developer's proxy must not route the tests.
+PROXY_VARIABLES = ("https_proxy", "http_proxy", "no_proxy", "all_proxy", "ssl_cert_file")
+
+
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never see the developer's MAVERA_* settings."""
+    """Tests never see the developer's MAVERA_* settings or proxies."""
     for name in list(os.environ):
-        if name.startswith("MAVERA_"):
+        if name.startswith("MAVERA_") or name.lower() in PROXY_VARIABLES:
             monkeypatch.delenv(name)
 
 

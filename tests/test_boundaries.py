@@ -31,9 +31,14 @@ def imports_of(path: Path) -> set[str]:
     return {name for name in names if name == "app" or name.startswith("app.")}
 
 
+TRANSPORT = {"app.http1", "app.http1_connection", "app.proxy"}
+
+
 def test_only_upstream_knows_the_transport() -> None:
-    users = {name for name, path in modules().items() if "app.http1" in imports_of(path)}
+    outside = {n: p for n, p in modules().items() if n not in TRANSPORT}
+    users = {name for name, path in outside.items() if imports_of(path) & TRANSPORT}
     assert users == {"app.upstream"}
+    assert imports_of(outside["app.upstream"]) & TRANSPORT == {"app.http1"}
 
 
 def test_storage_imports_only_storage_and_domain_types() -> None:
