@@ -52,7 +52,7 @@ class Connection(asyncio.Protocol):
 
     __slots__ = (
         "pool", "loop", "transport", "parser", "response", "closed", "idle", "counted",
-        "expires", "interim", "drain",
+        "expires", "interim", "drain", "tunnel",
     )  # fmt: skip
 
     def __init__(self, pool: Pool, loop: asyncio.AbstractEventLoop) -> None:
@@ -67,6 +67,9 @@ class Connection(asyncio.Protocol):
         self.expires = 0.0
         self.interim = False  # parsing a 1xx response
         self.drain: asyncio.Future[None] | None = None  # set while the transport is paused
+        # Under TLS inside a proxy's CONNECT tunnel: the TCP transport the TLS one runs over.
+        # Closing TLS alone waits for a close_notify exchange that may never finish.
+        self.tunnel: asyncio.BaseTransport | None = None
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -170,6 +173,8 @@ class Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+        if self.tunnel is not None:
+            self.tunnel.close()
 
 
 class Response:

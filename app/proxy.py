@@ -244,6 +244,7 @@ class Route:
             if tls is None:
                 raise ConnectFailed(f"{stage}: the TLS connection closed during the handshake")
             connection.connection_made(tls)  # start_tls does not call it
+            connection.tunnel = raw
             return connection
         except TunnelRefused as exc:
             raise ConnectFailed(f"{stage} {exc}") from None

@@ -126,8 +126,15 @@ async def http_proxy(require_auth: str | None = None) -> AsyncIterator[ProxyLog]
     """
     log = ProxyLog(0)
     pipes: set[asyncio.Task[None]] = set()
+    handlers: set[asyncio.Task[Any]] = set()
+    writers: set[asyncio.StreamWriter] = set()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_writer: asyncio.StreamWriter | None = None
+        handler = asyncio.current_task()
+        if handler is not None:
+            handlers.add(handler)
+        writers.add(writer)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             line = head.partition(b"\r\n")[0].decode("latin-1")
@@ -142,6 +149,7 @@ async def http_proxy(require_auth: str | None = None) -> AsyncIterator[ProxyLog]
             hostport = target if method == "CONNECT" else target.split("/")[2]
             port = int(hostport.rpartition(":")[2])
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+            writers.add(up_writer)
             if method == "CONNECT":
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             else:
@@ -154,6 +162,8 @@ async def http_proxy(require_auth: str | None = None) -> AsyncIterator[ProxyLog]
             pass
         finally:
             writer.close()
+            if up_writer is not None:
+                up_writer.close()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     log.port = server.sockets[0].getsockname()[1]
@@ -161,6 +171,10 @@ async def http_proxy(require_auth: str | None = None) -> AsyncIterator[ProxyLog]
         yield log
     finally:
         server.close()
+        for open_writer in writers:  # every pipe then ends at EOF, and each handler returns
+            open_writer.close()
+        if handlers:
+            await asyncio.wait(handlers, timeout=LIMIT_S)
         for task in pipes:
             task.cancel()
         await server.wait_closed()
