@@ -4,6 +4,11 @@
 or when the flush interval passes. A failed batch stays at the front of the buffer and is retried
 with backoff, so a database outage delays records but loses none, until the buffer is full:
 then the oldest records are dropped, counted, logged loudly, and `/readyz` reports it.
+
+With `strict`, `submit` hands back a future that resolves once the record is committed (True)
+or dropped (False), and wakes the drain at once: records that arrive while one batch is being
+written go together in the next (group commit), so throughput holds while each waits for at
+most about two writes.
 """
 
 from __future__ import annotations
@@ -43,8 +48,11 @@ class LedgerWriter:
         max_buffer: int,
         on_write_failure: Callable[[], None] = _ignore,
         on_drop: Callable[[], None] = _ignore,
+        strict: bool = False,
     ) -> None:
         self.ledger = ledger
+        self.strict = strict
+        self._waiters: dict[str, asyncio.Future[bool]] = {}  # record id -> committed?
         self.on_write_failure = on_write_failure
         self.on_drop = on_drop
         self.batch_size = batch_size
@@ -70,10 +78,14 @@ class LedgerWriter:
             found.append(f"ledger buffer overflowed: {self.dropped} records dropped")
         return found
 
-    def submit(self, record: UsageRecord) -> None:
-        """Queue one finished record. Never blocks, never raises."""
+    def submit(self, record: UsageRecord) -> asyncio.Future[bool] | None:
+        """Queue one finished record. Never blocks, never raises.
+
+        In strict mode: the future of its commit (True) or loss (False); else None.
+        """
         if self.depth() >= self.max_buffer and self._buffer:
-            self._buffer.popleft()
+            lost = self._buffer.popleft()
+            self._settle(lost, False)
             self.dropped += 1
             self.on_drop()
             logger.error(
@@ -83,8 +95,19 @@ class LedgerWriter:
                 self.dropped,
             )
         self._buffer.append(record)
+        if self.strict:
+            future = asyncio.get_running_loop().create_future()
+            self._waiters[record.id] = future
+            self._wake.set()
+            return future
         if len(self._buffer) >= self.batch_size:
             self._wake.set()
+        return None
+
+    def _settle(self, record: UsageRecord, committed: bool) -> None:
+        future = self._waiters.pop(record.id, None) if self._waiters else None
+        if future is not None and not future.done():
+            future.set_result(committed)
 
     def start(self) -> None:
         """Start the background drain."""
@@ -124,6 +147,9 @@ class LedgerWriter:
             return False
         finally:
             self._in_flight = 0
+        if self._waiters:
+            for record in batch:
+                self._settle(record, True)
         if self.failing_since is not None:
             logger.warning("ledger writes recovered after %.1f s", time.time() - self.failing_since)
             self.failing_since = None
@@ -141,5 +167,7 @@ class LedgerWriter:
                     logger.error(
                         "shutting down with %d unwritten ledger records", len(self._buffer)
                     )
-                    return
+                    break
                 await asyncio.sleep(RETRY_MIN_S)
+        for record in self._buffer:
+            self._settle(record, False)
