@@ -12,7 +12,8 @@ GatewayError                      any error answered by the gateway, not the ups
 ├── RateLimited                   429 rate_limit_exceeded (+ Retry-After)
 ├── UpstreamAuthFailed            502 upstream_auth_failed: Mavera refused *our* key
 ├── UpstreamUnavailable           502 upstream_unavailable: unreachable or 5xx after retries
-│   └── UpstreamStreamCut         502 upstream_stream_cut: the connection broke mid-answer
+│   ├── UpstreamStreamCut         502 upstream_stream_cut: the connection broke mid-answer
+│   └── UpstreamEventTooLarge     502 upstream_event_too_large: a stream event over max_event_bytes
 ├── UpstreamBusy                  503 upstream_busy (+ Retry-After): no upstream connection free
 ├── UpstreamTimeout               504 upstream_timeout
 ├── ShuttingDown                  503 shutdown: cut by a shutdown past its grace period
@@ -143,6 +144,10 @@ class UpstreamUnavailable(GatewayError):
 
 class UpstreamStreamCut(UpstreamUnavailable):
     code = "upstream_stream_cut"
+
+
+class UpstreamEventTooLarge(UpstreamUnavailable):
+    code = "upstream_event_too_large"
 
 
 class UpstreamBusy(GatewayError):

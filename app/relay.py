@@ -5,6 +5,11 @@ usage-only chat chunk the gateway itself asked for (`stream_options.include_usag
 dropped, so the client sees what Mavera would have sent it. When the client goes away the
 upstream answer is closed at once. The request's account is closed in a `finally` this module
 owns, whatever happens.
+
+Memory per stream is bounded at both ends. A client that does not read makes `send` wait (the
+server's flow control), so the pump stops taking chunks and the upstream connection stops reading
+once its buffer is full (app/http1.py's MAX_BUFFERED). And the scanner holds at most one unfinished
+event: one larger than `[upstream] max_event_bytes` cuts the stream as an upstream failure.
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from app.accounting import ClientGone, RequestAccount
-from app.errors import GatewayError
-from app.sse import SSEEvent, SSEScanner
+from app.errors import GatewayError, UpstreamEventTooLarge
+from app.sse import EventTooLarge, SSEEvent, SSEScanner
 from app.upstream import UpstreamReply
-from app.usage import RESPONSES, usage_from_event
+from app.usage import RESPONSES, RESPONSES_FINAL_EVENTS, usage_from_event
 
 T = TypeVar("T")
 STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -72,6 +77,7 @@ class StreamRelay(Response):
         *,
         endpoint: str,
         drop_usage_chunk: bool,
+        max_event_bytes: int,
     ) -> None:
         self.status_code = upstream.status_code
         self.upstream = upstream
@@ -79,11 +85,14 @@ class StreamRelay(Response):
         self.account = account
         self.endpoint = endpoint
         self.drop_usage_chunk = drop_usage_chunk
-        self.scanner = SSEScanner()
+        self.scanner = SSEScanner(max_event_bytes)
         self.background = None
-        # The upstream's closing event ([DONE], response.completed) has gone to the client: the
-        # OpenAI SDKs hang up right after it, often before the relay sees the upstream end.
+        # The upstream's closing event ([DONE], response.completed/failed/incomplete) has gone to
+        # the client: the OpenAI SDKs hang up right after it, often before the relay sees the
+        # upstream end.
         self.delivered = False
+        # The client has been sent the start of an event but not its end.
+        self.mid_event = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         pump = asyncio.ensure_future(self._pump(send))
@@ -117,17 +126,39 @@ class StreamRelay(Response):
         self.account.first_byte()
         try:
             async for chunk in self.upstream.chunks():
-                events = self.scanner.feed(chunk)
-                chunk = self._observe(chunk, events)
-                if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                if any(e.data == "[DONE]" or e.event == "response.completed" for e in events):
-                    self.delivered = True
+                await self._relay(send, chunk)
         except GatewayError as exc:
             await self._cut(send, exc)
             raise
         tail = self.scanner.pending if self.drop_usage_chunk else b""
         await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    async def _relay(self, send: Send, chunk: bytes) -> None:
+        """Scan one upstream chunk and forward it; raise if it brings an oversized event."""
+        held = self.scanner.pending_size
+        try:
+            events = self.scanner.feed(chunk)
+        except EventTooLarge as exc:
+            if exc.events:
+                # Forward the events the chunk completed first: the client is then left at an
+                # event boundary, where the error event can follow.
+                complete = sum(len(event.raw) for event in exc.events) - held
+                await self._forward(send, chunk[:complete], exc.events)
+                self.mid_event = False
+            raise UpstreamEventTooLarge(
+                f"Mavera sent a stream event larger than {exc.limit} bytes "
+                "([upstream] max_event_bytes); the gateway cut the stream"
+            ) from None
+        await self._forward(send, chunk, events)
+        self.mid_event = not self.drop_usage_chunk and self.scanner.pending_size > 0
+
+    async def _forward(self, send: Send, chunk: bytes, events: list[SSEEvent]) -> None:
+        """Send the client its bytes of `chunk`; note usage and whether the stream has closed."""
+        chunk = self._observe(chunk, events)
+        if chunk:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if any(e.data == "[DONE]" or e.event in RESPONSES_FINAL_EVENTS for e in events):
+            self.delivered = True
 
     def _observe(self, chunk: bytes, events: list[SSEEvent]) -> bytes:
         """Read usage from the events this chunk completes; return the bytes to forward."""
@@ -148,9 +179,9 @@ class StreamRelay(Response):
 
     async def _cut(self, send: Send, error: GatewayError) -> None:
         """Tell the client the upstream failed mid-stream, in the stream's own error format."""
-        if self.scanner.pending and not self.drop_usage_chunk:
-            # Mid-event: anything appended would corrupt that event. End without the final
-            # chunk so the client's HTTP library reports an incomplete body.
+        if self.mid_event:
+            # Anything appended would corrupt the half-sent event. End without the final chunk
+            # so the client's HTTP library reports an incomplete body.
             return
         await send(
             {

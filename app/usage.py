@@ -2,6 +2,9 @@
 
 Chat bodies count tokens as prompt/completion, Responses bodies as input/output; both carry
 `usage.credits_used`. Absent numbers stay None: "unknown" is never written down as 0.
+A Responses stream ends with one of three events, each carrying the whole response and its usage:
+`response.completed`, `response.failed` (the model run failed, possibly after spending credits)
+or `response.incomplete` (stopped early, e.g. at max_output_tokens).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from app.sse import SSEEvent
 
 CHAT = "chat.completions"
 RESPONSES = "responses"
+RESPONSES_FINAL_EVENTS = frozenset(("response.completed", "response.failed", "response.incomplete"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +65,7 @@ def usage_from_event(endpoint: str, event: SSEEvent) -> tuple[Usage | None, bool
     data = event.data
     if data is None or '"usage"' not in data:
         return None, False
-    if endpoint == RESPONSES and event.event not in (None, "response.completed"):
+    if endpoint == RESPONSES and event.event not in (None, *RESPONSES_FINAL_EVENTS):
         return None, False
     try:
         parsed = orjson.loads(data)
@@ -70,8 +74,10 @@ def usage_from_event(endpoint: str, event: SSEEvent) -> tuple[Usage | None, bool
     if not isinstance(parsed, dict):
         return None, False
     if endpoint == RESPONSES:
-        response = parsed.get("response")
-        if parsed.get("type") != "response.completed" or not isinstance(response, dict):
+        kind, response = parsed.get("type"), parsed.get("response")
+        closing = isinstance(kind, str) and kind in RESPONSES_FINAL_EVENTS
+        # an event line that disagrees with the payload's type is not trusted
+        if not closing or event.event not in (None, kind) or not isinstance(response, dict):
             return None, False
         return usage_from_object(response.get("usage"), response.get("id")), False
     usage = usage_from_object(parsed.get("usage"), parsed.get("id"))

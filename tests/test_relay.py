@@ -37,10 +37,12 @@ class ScriptedReply:
         self._failure = failure
         self._hold = hold  # after the chunks, wait forever (an upstream still working)
         self.closed = False
+        self.taken = 0  # chunks the relay has asked for
 
     async def chunks(self) -> AsyncIterator[bytes]:
         for chunk in self._chunks:
             await asyncio.sleep(0)
+            self.taken += 1
             yield chunk
         if self._failure is not None:
             raise self._failure
@@ -78,7 +80,10 @@ class Client:
 
 
 def relay(
-    reply: ScriptedReply, endpoint: str = CHAT, drop_usage_chunk: bool = False
+    reply: ScriptedReply,
+    endpoint: str = CHAT,
+    drop_usage_chunk: bool = False,
+    max_event_bytes: int = 1 << 20,
 ) -> tuple[StreamRelay, list[UsageRecord]]:
     closed: list[UsageRecord] = []
     account = RequestAccount(endpoint, "req-1", closed.append)
@@ -88,6 +93,7 @@ def relay(
         account,
         endpoint=endpoint,
         drop_usage_chunk=drop_usage_chunk,
+        max_event_bytes=max_event_bytes,
     )
     return response, closed
 
@@ -215,4 +221,100 @@ def test_a_stream_cancelled_by_shutdown_is_booked_as_shutdown() -> None:
     asyncio.run(scenario())
     [record] = closed
     assert (record.outcome, record.status, record.error_code) == ("shutdown", 200, "shutdown")
+    assert reply.closed
+
+
+def test_an_event_over_the_limit_across_chunks_cuts_the_stream_and_the_upstream() -> None:
+    big = b"data: " + b"x" * 5000 + b"\n\n"
+    chunks = [chat_chunk("Hi"), big[:2000], big[2000:4000], big[4000:], DONE]
+    reply = ScriptedReply(chunks)
+    response, closed = relay(reply, max_event_bytes=3000)
+    client = Client()
+    run(response, client)
+    assert client.body == chat_chunk("Hi") + big[:2000], "forwarded as it came, until the limit"
+    assert not client.ended, "the half-sent event is not completed with an error event"
+    assert reply.taken == 3, "nothing more is read from the upstream"
+    assert reply.closed
+    [record] = closed
+    assert (record.outcome, record.error_code) == ("upstream_error", "upstream_event_too_large")
+
+
+def test_no_newline_ever_is_cut_at_the_limit() -> None:
+    chunks = [b"data: "] + [b"y" * 4096] * 100
+    reply = ScriptedReply(chunks)
+    response, closed = relay(reply, max_event_bytes=16 * 1024)
+    run(response, Client())
+    assert reply.taken == 5, "cut at the first chunk past 16 KiB"
+    assert reply.closed
+    assert closed[0].error_code == "upstream_event_too_large"
+
+
+@pytest.mark.parametrize("drop_usage_chunk", [False, True])
+def test_an_oversized_event_that_arrives_whole_gets_an_error_event(drop_usage_chunk: bool) -> None:
+    big = b"data: " + b"x" * 5000 + b"\n\n"
+    reply = ScriptedReply([chat_chunk("Hi"), USAGE_CHUNK + chat_chunk("there") + big, DONE])
+    response, closed = relay(reply, drop_usage_chunk=drop_usage_chunk, max_event_bytes=3000)
+    client = Client()
+    run(response, client)
+    assert client.ended
+    kept = b"" if drop_usage_chunk else USAGE_CHUNK
+    error_event = client.messages[-1]["body"]
+    assert client.body == chat_chunk("Hi") + kept + chat_chunk("there") + error_event
+    error = orjson.loads(error_event.removeprefix(b"data: "))["error"]
+    assert error["code"] == "upstream_event_too_large" and "3000 bytes" in error["message"]
+    [record] = closed
+    assert (record.outcome, record.error_code) == ("upstream_error", "upstream_event_too_large")
+    assert record.credits_used == 3, "usage seen before the cut is kept"
+    assert reply.closed
+
+
+def test_a_responses_stream_with_an_oversized_event_gets_an_error_event_line() -> None:
+    created = b'event: response.created\ndata: {"type":"response.created"}\n\n'
+    big = b"event: response.output_text.delta\ndata: " + b"x" * 5000 + b"\n\n"
+    reply = ScriptedReply([created, big])
+    response, closed = relay(reply, endpoint=RESPONSES, max_event_bytes=3000)
+    client = Client()
+    run(response, client)
+    last = client.messages[-1]["body"]
+    assert client.body == created + last
+    assert last.startswith(b"event: error\ndata: ")
+    assert orjson.loads(last.split(b"data: ", 1)[1])["code"] == "upstream_event_too_large"
+    assert closed[0].error_code == "upstream_event_too_large"
+
+
+def closing_event(kind: str) -> bytes:
+    status = kind.removeprefix("response.")
+    usage = {"input_tokens": 4, "output_tokens": 2, "credits_used": 2}
+    payload = {"type": kind, "response": {"id": "resp_9", "status": status, "usage": usage}}
+    return f"event: {kind}\ndata: ".encode() + orjson.dumps(payload) + b"\n\n"
+
+
+@pytest.mark.parametrize("kind", ["response.failed", "response.incomplete"])
+def test_a_responses_stream_that_fails_or_stops_early_books_its_usage(kind: str) -> None:
+    created = b'event: response.created\ndata: {"type":"response.created"}\n\n'
+    reply = ScriptedReply([created, closing_event(kind)])
+    response, closed = relay(reply, endpoint=RESPONSES)
+    client = Client()
+    run(response, client)
+    assert client.body == created + closing_event(kind)
+    [record] = closed
+    assert (record.credits_used, record.input_tokens, record.output_tokens) == (2, 4, 2)
+    assert record.upstream_request_id == "resp_9"
+
+
+@pytest.mark.parametrize("kind", ["response.failed", "response.incomplete"])
+def test_a_client_that_hangs_up_after_a_failed_or_incomplete_event_is_ok(kind: str) -> None:
+    reply = ScriptedReply([closing_event(kind)], hold=True)
+    response, closed = relay(reply, endpoint=RESPONSES)
+    client = Client()
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(response({"type": "http"}, client.receive, client.send))
+        await client.got_body.wait()
+        client.gone.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
+    [record] = closed
+    assert (record.outcome, record.credits_used) == ("ok", 2)
     assert reply.closed

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from app.sse import SSEEvent, SSEScanner
+import pytest
+
+from app.sse import EventTooLarge, SSEEvent, SSEScanner
 
 # Every feature at once: a comment-only block, named events, `data:` without a space, LF, CRLF and
 # lone CR line endings, multi-line data, a bare `data` field, a field with no colon, non-ASCII text
@@ -214,3 +216,26 @@ def test_nothing_fed_nothing_pending() -> None:
 def test_invalid_utf8_is_replaced_not_raised() -> None:
     events, _ = scan([b"data: \xff\xfe\n\n"])
     assert pairs(events) == [(None, "\ufffd\ufffd")]
+
+
+def test_an_event_of_exactly_the_limit_is_taken() -> None:
+    event = b"data: " + b"x" * 10 + b"\n\n"  # 18 bytes
+    scanner = SSEScanner(max_event_bytes=18)
+    assert pairs(scanner.feed(event[:9]) + scanner.feed(event[9:])) == [(None, "x" * 10)]
+
+
+def test_an_event_over_the_limit_is_refused_after_the_events_before_it() -> None:
+    scanner = SSEScanner(max_event_bytes=18)
+    with pytest.raises(EventTooLarge) as refused:
+        scanner.feed(b"data: a\n\ndata: b\n\ndata: " + b"x" * 11 + b"\n\ndata: c\n\n")
+    assert pairs(refused.value.events) == [(None, "a"), (None, "b")]
+    assert (refused.value.size, refused.value.limit) == (19, 18)
+
+
+def test_an_unfinished_event_is_refused_as_soon_as_it_passes_the_limit() -> None:
+    scanner = SSEScanner(max_event_bytes=18)
+    assert scanner.feed(b"data: a\n\n: ping\ndata: 0123") == [SSEEvent(b"data: a\n\n", None, "a")]
+    assert scanner.pending_size == 17
+    with pytest.raises(EventTooLarge) as refused:
+        scanner.feed(b"45")  # no line end yet, but 19 bytes of one event already
+    assert (refused.value.size, refused.value.events) == (19, [])

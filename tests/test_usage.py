@@ -223,6 +223,46 @@ def test_other_responses_events_carry_no_usage(name: str | None, data: dict[str,
     assert usage_from_event(RESPONSES, event(data, name)) == (None, False)
 
 
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [("response.failed", "failed"), ("response.incomplete", "incomplete")],
+)
+@pytest.mark.parametrize("with_event_line", [True, False])
+def test_responses_failed_and_incomplete_events_carry_usage(
+    kind: str, status: str, with_event_line: bool
+) -> None:
+    # Both end the stream in place of response.completed, with the whole response: credits
+    # spent on a run that failed or stopped at max_output_tokens are still spent.
+    usage = {"input_tokens": 7, "output_tokens": 3, "credits_used": 2}
+    data = {"type": kind, "response": {"id": "resp_2", "status": status, "usage": usage}}
+    found = usage_from_event(RESPONSES, event(data, kind if with_event_line else None))
+    assert found == (
+        Usage(credits_used=2, input_tokens=7, output_tokens=3, upstream_id="resp_2"),
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("response.failed", "response.completed"),
+        ("response.completed", "response.incomplete"),
+        (None, ["response.failed"]),
+        (None, {"response": "failed"}),
+    ],
+)
+def test_closing_events_whose_line_and_type_disagree_carry_no_usage(
+    name: str | None, kind: Any
+) -> None:
+    data = {"type": kind, "response": {"usage": {"credits_used": 9}}}
+    assert usage_from_event(RESPONSES, event(data, name)) == (None, False)
+
+
+def test_responses_failed_with_null_usage_is_unknown() -> None:
+    data = {"type": "response.failed", "response": {"status": "failed", "usage": None}}
+    assert usage_from_event(RESPONSES, event(data, "response.failed")) == (None, False)
+
+
 def test_responses_completed_without_response_object() -> None:
     data = {"type": "response.completed", "usage": {"credits_used": 3}}
     assert usage_from_event(RESPONSES, event(data, "response.completed")) == (None, False)

@@ -128,7 +128,12 @@ async def proxy_generation(request: Request, endpoint: str) -> Response:
             if reply.status_code < 300:
                 reply_headers.update(reply.headers)
                 return StreamRelay(
-                    reply, reply_headers, account, endpoint=endpoint, drop_usage_chunk=drop_usage
+                    reply,
+                    reply_headers,
+                    account,
+                    endpoint=endpoint,
+                    drop_usage_chunk=drop_usage,
+                    max_event_bytes=gateway.settings.upstream.max_event_bytes,
                 )
             answer = await unless_disconnected(request.receive, reply.read())
             reply_headers.update(reply.headers)
