@@ -8,7 +8,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import harness, report
+from bench import harness, meta, report
+from bench.targets import BASELINE
 
 
 def _names(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
@@ -22,13 +23,35 @@ def _names(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
     return parse
 
 
-def parse_args(argv: list[str]) -> harness.Options:
-    """Options from the command line."""
-    defaults = harness.Options()
+def _with_baseline(names: tuple[str, ...]) -> tuple[str, ...]:
+    """`names` with BASELINE right after `gateway` (at the end if there is no `gateway`)."""
+    if BASELINE in names:
+        return names
+    if "gateway" not in names:
+        return (*names, BASELINE)
+    at = names.index("gateway") + 1
+    return (*names[:at], BASELINE, *names[at:])
+
+
+# Options that override a default of `harness.Options` (the field is the flag's name).
+_OVERRIDES: tuple[tuple[str, type, str], ...] = (
+    ("--streams", int, "concurrent streams"),
+    ("--latency-requests", int, "measured requests at c=1"),
+    ("--wrk-seconds", float, "seconds per wrk run"),
+    ("--soak-requests", int, "soak length"),
+    ("--upstream-workers", int, "fake upstream processes"),
+    ("--litellm-venv", Path, "venv with litellm[proxy] installed"),
+    ("--baseline-venv", Path, f"also measure its mavera-gateway as {BASELINE}, beside gateway"),
+    ("--rounds", int, "wrk runs per target and connection count, the median reported"),
+    ("--instances", int, "fresh starts of each target; latency and wrk rounds pooled"),
+)
+
+
+def _parser(defaults: harness.Options) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=harness.__doc__)
     parser.add_argument(
         "--targets",
-        type=_names(harness.ALL_TARGETS),
+        type=_names((*harness.ALL_TARGETS, BASELINE)),
         default=defaults.targets,
         help="comma-separated, from " + ",".join(harness.ALL_TARGETS) + " (default: all)",
     )
@@ -40,31 +63,25 @@ def parse_args(argv: list[str]) -> harness.Options:
     )
     parser.add_argument("--quick", action="store_true", help="shorter runs: a smoke test")
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway under load")
-    parser.add_argument("--streams", type=int, help=f"concurrent streams ({defaults.streams})")
-    parser.add_argument("--wrk-seconds", type=float, help=f"({defaults.wrk_seconds:g})")
-    parser.add_argument("--soak-requests", type=int, help=f"({defaults.soak_requests})")
-    parser.add_argument("--upstream-workers", type=int, help=f"({defaults.upstream_workers})")
-    parser.add_argument(
-        "--litellm-venv",
-        type=Path,
-        help=f"venv with litellm[proxy] installed (default: {defaults.litellm_venv})",
-    )
-    args = parser.parse_args(argv)
+    for flag, kind, text in _OVERRIDES:
+        default = getattr(defaults, flag[2:].replace("-", "_"))
+        parser.add_argument(flag, type=kind, help=f"{text} (default: {default})")
+    return parser
+
+
+def parse_args(argv: list[str]) -> harness.Options:
+    """Options from the command line."""
+    args = _parser(harness.Options()).parse_args(argv)
     options = harness.Options(
-        targets=args.targets,
+        targets=_with_baseline(args.targets) if args.baseline_venv else args.targets,
         scenarios=args.scenarios,
         profile=args.profile,
-        command=harness.command_line(argv),
+        command=meta.command_line(argv),
     )
     if args.quick:
         options = options.quick()
-    overrides = {
-        "streams": args.streams,
-        "wrk_seconds": args.wrk_seconds,
-        "soak_requests": args.soak_requests,
-        "upstream_workers": args.upstream_workers,
-        "litellm_venv": args.litellm_venv,
-    }
+    fields = (flag[2:].replace("-", "_") for flag, _, _ in _OVERRIDES)
+    overrides = {field: getattr(args, field) for field in fields}
     return dataclasses.replace(options, **{k: v for k, v in overrides.items() if v is not None})
 
 

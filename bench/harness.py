@@ -3,20 +3,16 @@
 Targets run one after another against the same fake upstream, so each has the two cores to
 itself apart from the load generator and the upstream. The order of scenarios per target is
 start-up, latency, throughput, idle memory, streams, soak, and (with --profile) a profiled load.
+Two gateway builds (`gateway` and `gateway-base`, from --baseline-venv) run side by side instead,
+taking turns in every scenario, so machine drift reaches both alike; `--instances` starts them
+(any target) several times afresh and pools the latency and wrk rounds (`pooling`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import importlib.metadata
-import json
-import os
-import platform
-import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,14 +22,13 @@ from typing import Any
 
 import uvloop
 
-from bench import procs, profile, report, scenarios, targets
-from bench.targets import Target, Unavailable
+from bench import meta, pooling, procs, profile, scenarios, targets
+from bench.targets import BASELINE, Target, Unavailable
 from bench.wire import CHAT, RESPONSES
-from bench.wrk import wrk_version
 
-ALL_TARGETS = ("direct", "nginx", "gateway", "litellm")
+ALL_TARGETS = ("direct", "nginx", "gateway", "litellm")  # and BASELINE, with --baseline-venv
+GATEWAYS = ("gateway", BASELINE)
 ALL_SCENARIOS = ("startup", "latency", "throughput", "streams", "soak")
-RESULTS_DIR = Path(__file__).with_name("results")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +50,16 @@ class Options:
     startup_runs: int = 3
     stream_limit_s: float = 90.0
     litellm_venv: Path = Path(__file__).with_name(".venv-litellm")
+    baseline_venv: Path | None = None  # another build's venv: measured as BASELINE
+    rounds: int = 1  # wrk runs per target and connection count (the median is reported)
+    instances: int = 1  # fresh starts of each target; latency and wrk rounds pooled over them
     profile: bool = False
     command: str = ""
+
+    def again(self) -> Options:
+        """For the 2nd and later start of a target: only the scenarios that are pooled."""
+        kept = tuple(s for s in self.scenarios if s in ("latency", "throughput"))
+        return dataclasses.replace(self, scenarios=kept, profile=False)
 
     def quick(self) -> Options:
         """Fewer requests, shorter runs: a smoke test of the whole harness."""
@@ -84,20 +87,18 @@ def run(options: Options) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="mavera-bench-"))
     body_file = workdir / "chat.json"
     body_file.write_bytes(scenarios.CHAT_BODY)
-    results: dict[str, Any] = {"meta": _meta(options), "targets": {}, "unavailable": {}}
+    results: dict[str, Any] = {"meta": meta.describe(options), "targets": {}, "unavailable": {}}
     busy, own = procs.machine_busy_seconds(), procs.own_cpu_seconds()
     log(f"fake upstream: {options.upstream_workers} workers, work dir {workdir}")
     upstream = targets.start_upstream(
         workdir, options.upstream_workers, options.chunks, options.delay_ms
     )
     try:
-        for name in options.targets:
-            _check_alone(upstream, results["meta"]["warnings"], f"before {name}")
-            try:
-                results["targets"][name] = measure(name, upstream, workdir, body_file, options)
-            except Unavailable as exc:
-                log(f"{name}: not measured: {exc}")
-                results["unavailable"][name] = str(exc)
+        for group in groups(options.targets):
+            _check_alone(upstream, results["meta"]["warnings"], f"before {', '.join(group)}")
+            for instance in range(options.instances):
+                again = options if instance == 0 else options.again()
+                measure(group, upstream, workdir, body_file, again, results)
         _check_alone(upstream, results["meta"]["warnings"], "at the end")
     finally:
         upstream.stop()
@@ -105,9 +106,16 @@ def run(options: Options) -> dict[str, Any]:
     results["meta"]["duration_s"] = round(duration, 1)
     foreign = (procs.machine_busy_seconds() - busy) - (procs.own_cpu_seconds() - own)
     results["meta"]["foreign_cpu_pct"] = max(0.0, round(100 * foreign / duration, 1))
-    save(results)
+    meta.save(results)
     shutil.rmtree(workdir, ignore_errors=True)
     return results
+
+
+def groups(names: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """One target at a time, except the two gateway builds: those run together, interleaved."""
+    if "gateway" not in names or BASELINE not in names:
+        return [(name,) for name in names]
+    return [("gateway", BASELINE) if n == "gateway" else (n,) for n in names if n != BASELINE]
 
 
 def _check_alone(upstream: Target, warnings: list[str], when: str) -> None:
@@ -124,6 +132,9 @@ def _starter(name: str, upstream: Target, workdir: Path, options: Options) -> Ca
         "direct": lambda: targets.direct(upstream),
         "nginx": lambda: targets.start_nginx(workdir, upstream),
         "gateway": lambda: targets.start_gateway(workdir, upstream),
+        BASELINE: lambda: targets.start_gateway(
+            workdir, upstream, BASELINE, targets.baseline_command(options.baseline_venv)
+        ),
         "litellm": lambda: targets.start_litellm(workdir, upstream, options.litellm_venv),
     }
     return starters[name]
@@ -132,7 +143,7 @@ def _starter(name: str, upstream: Target, workdir: Path, options: Options) -> Ca
 def start(name: str, upstream: Target, workdir: Path, options: Options) -> Target:
     """Start the target (several times for the gateway's start-up timing); keep the last one."""
     starter = _starter(name, upstream, workdir, options)
-    runs = options.startup_runs if name == "gateway" and "startup" in options.scenarios else 1
+    runs = options.startup_runs if name in GATEWAYS and "startup" in options.scenarios else 1
     timings: list[float] = []
     for attempt in range(runs):
         target = starter()
@@ -144,69 +155,102 @@ def start(name: str, upstream: Target, workdir: Path, options: Options) -> Targe
 
 
 def measure(
-    name: str, upstream: Target, workdir: Path, body_file: Path, options: Options
-) -> dict[str, Any]:
-    """Every chosen scenario against one target."""
-    log(f"{name}: starting")
-    target = start(name, upstream, workdir, options)
-    data: dict[str, Any] = {}
+    group: tuple[str, ...],
+    upstream: Target,
+    workdir: Path,
+    body_file: Path,
+    options: Options,
+    results: dict[str, Any],
+) -> None:
+    """Every chosen scenario against a group of targets (all running at once) into `results`."""
+    started: list[Target] = []
     try:
-        if target.process is not None and "startup" in options.scenarios:
-            data["startup_s"] = [round(s, 3) for s in target.startup_s]
-            data["startup_median_s"] = round(statistics.median(target.startup_s), 3)
-            data["startup_max_s"] = round(max(target.startup_s), 3)
-            log(f"{name}: ready in {', '.join(f'{s:.3f}' for s in target.startup_s)} s")
-        pids = target.pids()
-        if pids:
-            data["rss_ready_mb"] = round(procs.rss_mb(pids), 1)
-        _load_scenarios(target, upstream, body_file, options, data)
-        if name == "gateway" and options.profile:
-            data["profile"] = profile_gateway(target, body_file, options)
+        for name in group:
+            log(f"{name}: starting")
+            try:
+                started.append(start(name, upstream, workdir, options))
+            except Unavailable as exc:
+                log(f"{name}: not measured: {exc}")
+                results["unavailable"][name] = str(exc)
+        data = {target.name: _ready(target, options) for target in started}
+        if started:
+            _load_scenarios(started, upstream, body_file, options, data)
+        if "gateway" in data and options.profile:
+            data["gateway"]["profile"] = profile_gateway(started[0], body_file, options)
+        for name, figures in data.items():
+            results["targets"][name] = pooling.pool(results["targets"].get(name), figures)
     finally:
-        target.stop()
+        for target in started:
+            target.stop()
+
+
+def _ready(target: Target, options: Options) -> dict[str, Any]:
+    """Start-up timings and RSS at ready."""
+    data: dict[str, Any] = {}
+    if target.process is not None and "startup" in options.scenarios:
+        data["startup_s"] = [round(s, 3) for s in target.startup_s]
+        data["startup_median_s"] = round(statistics.median(target.startup_s), 3)
+        data["startup_max_s"] = round(max(target.startup_s), 3)
+        log(f"{target.name}: ready in {', '.join(f'{s:.3f}' for s in target.startup_s)} s")
+    pids = target.pids()
+    if pids:
+        data["rss_ready_mb"] = round(procs.rss_mb(pids), 1)
     return data
 
 
 def _load_scenarios(
-    target: Target, upstream: Target, body_file: Path, options: Options, data: dict[str, Any]
+    group: list[Target],
+    upstream: Target,
+    body_file: Path,
+    options: Options,
+    data: dict[str, dict[str, Any]],
 ) -> None:
-    name = target.name
+    """The load scenarios; the targets of a group take turns, their order swapped each time."""
+    names = ", ".join(t.name for t in group)
     if "latency" in options.scenarios:
-        log(f"{name}: {options.latency_requests} sequential requests")
-        baseline = None if name == "direct" else targets.direct(upstream)
-        data["latency"] = _async(
+        log(f"{names}: {options.latency_requests} sequential requests")
+        baseline = None if group[0].name == "direct" else targets.direct(upstream)
+        latencies = _async(
             scenarios.sequential(
-                target, options.latency_requests, options.latency_warmup, 120.0, baseline
+                group, options.latency_requests, options.latency_warmup, 120.0, baseline
             )
         )
-    if "throughput" in options.scenarios:
-        data["throughput"] = {}
-        for conns in options.connections:
-            log(f"{name}: wrk {conns} connections, {options.wrk_seconds:g} s")
-            data["throughput"][str(conns)] = scenarios.throughput(
-                target, body_file, conns, options.wrk_seconds
-            )
-    if target.process is not None:
+        for target, latency in zip(group, latencies, strict=True):
+            data[target.name]["latency"] = latency
+    for conns in options.connections if "throughput" in options.scenarios else ():
+        log(f"{names}: wrk {conns} connections, {options.rounds} x {options.wrk_seconds:g} s")
+        runs = scenarios.throughput_rounds(
+            group, upstream, body_file, conns, options.wrk_seconds, options.rounds
+        )
+        for target in group:
+            summary = pooling.rounds_summary(runs[target.name])
+            data[target.name].setdefault("throughput", {})[str(conns)] = summary
+    if any(target.process is not None for target in group):
         time.sleep(1.0)
-        data["rss_idle_mb"] = round(procs.rss_mb(target.pids()), 1)
+    for target in group:
+        if target.process is not None:
+            data[target.name]["rss_idle_mb"] = round(procs.rss_mb(target.pids()), 1)
     if "streams" in options.scenarios:
-        data["streams"] = {}
-        for endpoint in (CHAT, RESPONSES):
-            log(f"{name}: {options.streams} concurrent {endpoint} streams")
-            data["streams"][endpoint] = _async(
-                scenarios.streams(
-                    target, endpoint, options.streams, options.chunks, options.stream_limit_s
+        for index, endpoint in enumerate((CHAT, RESPONSES)):
+            for target in group if index % 2 == 0 else group[::-1]:
+                log(f"{target.name}: {options.streams} concurrent {endpoint} streams")
+                data[target.name].setdefault("streams", {})[endpoint] = _async(
+                    scenarios.streams(
+                        target, endpoint, options.streams, options.chunks, options.stream_limit_s
+                    )
                 )
+        for target in group:
+            peaks = [s.get("peak_rss_mb") for s in data[target.name]["streams"].values()]
+            if all(p is not None for p in peaks):
+                data[target.name]["peak_rss_streams_mb"] = max(peaks)
+    for target in group if "soak" in options.scenarios else []:
+        if target.name in GATEWAYS:
+            figures = data[target.name]
+            rps = figures.get("throughput", {}).get("64", {}).get("rps", 1000.0)
+            log(f"{target.name}: soak of {options.soak_requests} requests")
+            figures["soak"] = scenarios.soak(
+                target, body_file, options.soak_requests, rps, options.soak_limit_s
             )
-        peaks = [s.get("peak_rss_mb") for s in data["streams"].values()]
-        if all(p is not None for p in peaks):
-            data["peak_rss_streams_mb"] = max(peaks)
-    if "soak" in options.scenarios and name == "gateway":
-        rps = data.get("throughput", {}).get("64", {}).get("rps", 1000.0)
-        log(f"{name}: soak of {options.soak_requests} requests")
-        data["soak"] = scenarios.soak(
-            target, body_file, options.soak_requests, rps, options.soak_limit_s
-        )
 
 
 def profile_gateway(target: Target, body_file: Path, options: Options) -> dict[str, Any]:
@@ -214,9 +258,9 @@ def profile_gateway(target: Target, body_file: Path, options: Options) -> dict[s
     assert target.process is not None
     out: dict[str, Any] = {}
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    RESULTS_DIR.mkdir(exist_ok=True)
+    meta.RESULTS_DIR.mkdir(exist_ok=True)
     for label in ("throughput", "streams"):
-        raw = RESULTS_DIR / f"profile-{stamp}-{label}.txt"
+        raw = meta.RESULTS_DIR / f"profile-{stamp}-{label}.txt"
         seconds = options.wrk_seconds if label == "throughput" else 3.0
         log(f"gateway: profiling {label} with py-spy -> {raw}")
         spy = profile.start(target.process.pid, raw, seconds)
@@ -232,70 +276,3 @@ def profile_gateway(target: Target, body_file: Path, options: Options) -> dict[s
 
 def _async(coroutine: Any) -> Any:
     return uvloop.run(coroutine)
-
-
-def _meta(options: Options) -> dict[str, Any]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.machine(),
-    )
-    return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "warnings": [],
-        "command": options.command,
-        "machine": f"{_cpus()} x {cpu}, Linux {platform.release()}",
-        "versions": {
-            "python": platform.python_version(),
-            "mavera-gateway": _gateway_version(),
-            "uvicorn": importlib.metadata.version("uvicorn"),
-            "fastapi": importlib.metadata.version("fastapi"),
-            "litellm": targets.litellm_version(options.litellm_venv),
-            "nginx": targets.nginx_version(),
-            "wrk": wrk_version(),
-        },
-        "options": {
-            k: (str(v) if isinstance(v, Path) else v)
-            for k, v in options.__dict__.items()
-            if k != "command"
-        },
-    }
-
-
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0))
-
-
-def _gateway_version() -> str:
-    """The package version and the last commit that touched app/, flagged if app/ has edits."""
-    version = importlib.metadata.version("mavera-gateway")
-    repo = str(Path(__file__).resolve().parent.parent)
-    commit = _git(repo, "log", "-1", "--format=%h", "--", "app")
-    if not commit:
-        return version
-    edited = " + uncommitted app/ edits" if _git(repo, "status", "--porcelain", "--", "app") else ""
-    return f"{version} (app/ at {commit}{edited})"
-
-
-def _git(repo: str, *args: str) -> str:
-    done = subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, check=False)
-    return done.stdout.strip() if done.returncode == 0 else ""
-
-
-def save(results: dict[str, Any]) -> Path:
-    """Write the JSON and the markdown report under bench/results/; return the markdown path."""
-    RESULTS_DIR.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (RESULTS_DIR / f"{stamp}.json").write_text(json.dumps(results, indent=2, default=str))
-    markdown = RESULTS_DIR / f"{stamp}.md"
-    markdown.write_text(report.render(results))
-    (RESULTS_DIR / "latest.md").write_text(markdown.read_text())
-    return markdown
-
-
-def command_line(argv: list[str]) -> str:
-    """The exact command, for the report."""
-    return shlex.join(["python", "-m", "bench", *argv])

@@ -7,9 +7,11 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
+from bench import compare
+from bench.targets import BASELINE
 from bench.wire import CHAT, RESPONSES
 
-ORDER = ("direct", "nginx", "gateway", "litellm")
+ORDER = ("direct", "nginx", "gateway", BASELINE, "litellm")
 Results = dict[str, Any]
 
 
@@ -245,6 +247,7 @@ def render(results: Results) -> str:
         results_table(results["targets"]),
         "",
         checks_table(results["targets"]),
+        *compare.comparison(results["targets"]),
     ]
     parts += _profile(_get(results["targets"], "gateway", "profile"))
     for name, reason in results.get("unavailable", {}).items():

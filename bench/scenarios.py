@@ -1,7 +1,8 @@
 """The scenarios, each bounded in count and time, each returning plain data for the report.
 
 - `sequential`: one keep-alive connection, N non-streaming chat requests one after another.
-- `throughput`: wrk at C connections for S seconds, plus the target's CPU time per request.
+- `throughput`: wrk at C connections for S seconds, plus the target's CPU time per request;
+  `throughput_rounds` repeats it, alternating between the targets of a group.
 - `streams`: N streams opened at once (chat or Responses), TTFB, total time, completeness.
 - `soak`: wrk until N requests (or a time limit), RSS before and after.
 """
@@ -24,6 +25,7 @@ from bench.wire import CHAT, RESPONSES
 from bench.wrk import run_wrk
 
 ENDPOINTS = {CHAT: "chat/completions", RESPONSES: "responses"}
+
 _MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
 CHAT_BODY = orjson.dumps({"model": "mavera-1", "messages": _MESSAGES})
 STREAM_BODIES = {
@@ -63,50 +65,75 @@ class _Sequence:
         elif measured:
             self.timings.append(reply.total)
 
-    def summary(self, prefix: str = "") -> dict[str, Any]:
-        t = self.timings
-        return {
-            f"{prefix}requests": len(t),
-            f"{prefix}errors": self.errors,
-            f"{prefix}p50_ms": _ms(t, 50),
-            f"{prefix}p99_ms": _ms(t, 99),
-            f"{prefix}mean_ms": round(sum(t) / len(t) * 1000, 3) if t else math.nan,
-        }
+
+def _summary(t: list[float], errors: int, prefix: str = "") -> dict[str, Any]:
+    return {
+        f"{prefix}requests": len(t),
+        f"{prefix}errors": errors,
+        f"{prefix}p50_ms": _ms(t, 50),
+        f"{prefix}p99_ms": _ms(t, 99),
+        f"{prefix}mean_ms": round(sum(t) / len(t) * 1000, 3) if t else math.nan,
+    }
 
 
 async def sequential(
-    target: Target, count: int, warmup: int, limit_s: float, baseline: Target | None = None
-) -> dict[str, Any]:
+    targets: list[Target], count: int, warmup: int, limit_s: float, baseline: Target | None = None
+) -> list[dict[str, Any]]:
     """Latency at concurrency 1: p50/p99 of `count` requests after `warmup` unmeasured ones.
 
     With a `baseline` (direct), requests alternate between it and the target, so both are
     measured in the same seconds and "added latency" is not skewed by the machine's drift
     (CPU wake-ups alone moved direct's p50 between 0.014 and 0.085 ms from one run to the next).
+    Several targets (two gateway builds) take turns the same way, their order swapped every
+    round so neither always follows `direct`. One summary per target, in the order given.
     """
-    sequences = [_Sequence(target)] + ([_Sequence(baseline)] if baseline else [])
-    connections = [await Connection.open(s.port) for s in sequences]
+    sequences = [_Sequence(t) for t in targets]
+    checks = [_Sequence(baseline)] if baseline else []
+    connections = {id(s): await Connection.open(s.port) for s in sequences + checks}
     deadline = time.perf_counter() + limit_s
     try:
         for index in range(warmup + count):
             if time.perf_counter() > deadline:
                 break
-            for sequence, connection in zip(sequences, connections, strict=True):
-                await sequence.send(connection, index >= warmup, limit_s)
+            turn = sequences if index % 2 == 0 else sequences[::-1]
+            for sequence in turn + checks:
+                await sequence.send(connections[id(sequence)], index >= warmup, limit_s)
     finally:
-        for connection in connections:
+        for connection in connections.values():
             connection.close()
-    data = sequences[0].summary()
+    base = (checks[0].timings, checks[0].errors) if checks else None
+    return [latency_summary(s.timings, s.errors, base) for s in sequences]
+
+
+def latency_summary(
+    timings: list[float], errors: int, baseline: tuple[list[float], int] | None = None
+) -> dict[str, Any]:
+    """p50/p99 of `timings` (s) and, with the interleaved baseline's, the added latency.
+
+    The raw timings are kept (`timings_s`), so the runs of several starts can be pooled.
+    """
+    data = _summary(timings, errors)
+    data["timings_s"] = [round(t, 7) for t in timings]
     if baseline is not None:
-        data.update(sequences[1].summary("baseline_"))
+        data.update(_summary(*baseline, "baseline_"))
+        data["baseline_timings_s"] = [round(t, 7) for t in baseline[0]]
         for q in ("p50", "p99"):
             data[f"added_{q}_ms"] = round(data[f"{q}_ms"] - data[f"baseline_{q}_ms"], 3)
     return data
 
 
-def throughput(target: Target, body_file: Path, connections: int, seconds: float) -> dict[str, Any]:
-    """wrk at `connections` for `seconds`; the target's CPU microseconds per request."""
+def throughput(
+    target: Target, body_file: Path, connections: int, seconds: float, others: tuple[int, ...] = ()
+) -> dict[str, Any]:
+    """wrk at `connections` for `seconds`; the target's CPU microseconds per request.
+
+    `others` are the pids of the benchmark's other processes (upstream, idle targets): with
+    them, `foreign_cpu_pct` is the CPU the machine spent on anything else meanwhile (% of a core).
+    """
     pids = target.pids()
-    cpu_before = procs.cpu_seconds(pids)
+    cpu_before, ours_before = procs.cpu_seconds(pids), procs.cpu_seconds(others)
+    busy_before, own_before = procs.machine_busy_seconds(), procs.own_cpu_seconds()
+    started = time.perf_counter()
     result = run_wrk(
         target.url(ENDPOINTS[CHAT]),
         body_file,
@@ -114,12 +141,40 @@ def throughput(target: Target, body_file: Path, connections: int, seconds: float
         seconds=seconds,
         token=target.token,
     )
+    wall = time.perf_counter() - started
     cpu = procs.cpu_seconds(pids) - cpu_before
     data: dict[str, Any] = result.as_dict()
     if pids and result.requests:
         data["cpu_us_per_request"] = round(cpu / result.requests * 1e6, 1)
         data["cpu_cores"] = round(cpu / result.seconds, 2)
+    if others:
+        ours = cpu + procs.cpu_seconds(others) - ours_before + procs.own_cpu_seconds() - own_before
+        foreign = procs.machine_busy_seconds() - busy_before - ours
+        data["foreign_cpu_pct"] = max(0.0, round(100 * foreign / wall, 1))
     return data
+
+
+def throughput_rounds(
+    group: list[Target],
+    upstream: Target,
+    body_file: Path,
+    connections: int,
+    seconds: float,
+    rounds: int,
+) -> dict[str, list[dict[str, Any]]]:
+    """`throughput` `rounds` times per target, the group's order swapped every round (ABBA).
+
+    Round i of one target and round i of the other ran back to back, so two targets can be
+    compared round by round. Every round's figures, per target.
+    """
+    done: dict[str, list[dict[str, Any]]] = {target.name: [] for target in group}
+    for index in range(rounds):
+        for target in group if index % 2 == 0 else group[::-1]:
+            idle = [p for other in (upstream, *group) if other is not target for p in other.pids()]
+            done[target.name].append(
+                throughput(target, body_file, connections, seconds, tuple(idle))
+            )
+    return done
 
 
 async def streams(

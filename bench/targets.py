@@ -3,6 +3,7 @@
 Each starter launches its process on a free loopback port, times spawn-to-ready, and returns a
 `Target` that knows where its chat and responses endpoints are. A target that cannot be started
 (not installed, crashed) raises `Unavailable` with the reason; the harness reports it and goes on.
+`gateway-base` is a second gateway build (another venv's `mavera-gateway`), started the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ GATEWAY_KEY = "mvra_live_bench-fake-key-not-a-real-one"  # what the fake upstrea
 PERSONA_ID = "clx1abc2d0001abcdef123456"
 LITELLM_MASTER_KEY = "sk-bench-master-key"
 READY_LIMIT_S = 60.0
+BASELINE = "gateway-base"  # the target name of the build given by --baseline-venv
+# Not passed to a gateway: a build that honours proxies and one that does not must both reach the
+# fake upstream directly, or the comparison measures the proxy.
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 
 class Unavailable(RuntimeError):
@@ -99,20 +104,61 @@ def gateway_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "app"]
 
 
-def start_gateway(workdir: Path, upstream: Target) -> Target:
-    """`mavera-gateway serve`: one uvicorn worker, SQLite ledger on, request log to a file."""
-    target = Target("gateway", procs.free_port(), "/v1", log=workdir / "gateway.log")
-    config = workdir / "gateway.toml"
+def baseline_command(venv: Path | None) -> list[str]:
+    """`mavera-gateway` of another venv: the build the harness's own gateway is compared with."""
+    if venv is None:
+        raise Unavailable(f"{BASELINE} needs --baseline-venv")
+    script = venv / "bin" / "mavera-gateway"
+    if not script.exists():
+        raise Unavailable(f"no mavera-gateway at {script} (pip install the baseline into {venv})")
+    return [str(script)]
+
+
+def baseline_version(venv: Path) -> str:
+    """The baseline's package version and where its `app` comes from, or why there is none."""
+    python = venv / "bin" / "python"
+    if not python.exists():
+        return f"not installed ({python} missing)"
+    code = "import importlib.metadata as m, app; print(m.version('mavera-gateway'), app.__file__)"
+    # cwd=venv: `python -c` imports from its working directory first, the console script does not.
+    done = subprocess.run(
+        [str(python), "-c", code], capture_output=True, text=True, cwd=venv, check=False
+    )
+    version, _, where = done.stdout.strip().partition(" ")
+    return f"{version} (app/ from {Path(where).parent})" if where else "unknown"
+
+
+# Not the gateway's business: installers, and the profiler the harness adds to its own venv.
+_TOOLING = {"mavera-gateway", "pip", "setuptools", "wheel", "py-spy"}
+
+
+def packages(python: Path) -> set[str]:
+    """`name==version` of every distribution in that interpreter's environment but the tooling."""
+    code = "import importlib.metadata as m\nfor d in m.distributions(): print(d.name, d.version)"
+    done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=False)
+    pairs = (line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    return {f"{name}=={version}" for name, version in pairs if name.lower() not in _TOOLING}
+
+
+def start_gateway(
+    workdir: Path, upstream: Target, name: str = "gateway", command: list[str] | None = None
+) -> Target:
+    """`mavera-gateway serve`: one uvicorn worker, SQLite ledger on, request log to a file.
+
+    `command` runs another build (`gateway-base`) with the same config, environment and ledger.
+    """
+    target = Target(name, procs.free_port(), "/v1", log=workdir / f"{name}.log")
+    config = workdir / f"{name}.toml"
     config.write_text(f'[defaults]\npersona_id = "{PERSONA_ID}"\n')
     database = workdir / f"ledger-{time.time_ns()}.db"  # a new ledger per start: worst case
-    env = {
-        **os.environ,
+    env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARIABLES}
+    env |= {
         "MAVERA_BASE_URL": f"http://127.0.0.1:{upstream.port}/api/v1",
         "MAVERA_API_KEY": GATEWAY_KEY,
         "MAVERA_GATEWAY_DATABASE_URL": f"sqlite:///{database}",
     }
-    command = gateway_command() + ["serve", "--port", str(target.port), "--config", str(config)]
-    return _launch(target, command, "/readyz", env)
+    command = (command or gateway_command()) + ["serve", "--port", str(target.port)]
+    return _launch(target, command + ["--config", str(config)], "/readyz", env)
 
 
 NGINX_CONF = """\
