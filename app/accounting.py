@@ -24,6 +24,7 @@ from app.usage import Usage
 
 logger = logging.getLogger("mavera_gateway.api")
 
+STRICT_WAIT_S = 30.0  # longest an answer waits for its record's commit in strict durability
 CLIENT_GONE_STATUS = 499  # nginx's "client closed request": nobody received an answer
 
 
@@ -34,14 +35,18 @@ class ClientGone(Exception):
 class RequestAccount:
     """Collects what is known about one request and hands its record on exactly once."""
 
-    __slots__ = ("record", "_on_close", "_closed")
+    __slots__ = ("record", "_on_close", "_closed", "_stored")
 
     def __init__(
-        self, endpoint: str, request_id: str, on_close: Callable[[UsageRecord], None]
+        self,
+        endpoint: str,
+        request_id: str,
+        on_close: Callable[[UsageRecord], asyncio.Future[bool] | None],
     ) -> None:
         self.record = UsageRecord(endpoint=endpoint, client="unknown", request_id=request_id)
         self._on_close = on_close
         self._closed = False
+        self._stored: asyncio.Future[bool] | None = None  # its commit, in strict durability
 
     @property
     def request_id(self) -> str:
@@ -137,4 +142,21 @@ class RequestAccount:
         record.error_code = error_code
         record.finished_at = time.time()
         record.latency_ms = (time.perf_counter() - record.started) * 1000
-        self._on_close(record)
+        self._stored = self._on_close(record)
+
+    async def durable(self) -> None:
+        """Return once the record is committed (strict durability); at once otherwise.
+
+        Bounded: a ledger that stays down must not hold every answer for ever.
+        """
+        stored = self._stored
+        if stored is None or stored.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(stored), STRICT_WAIT_S)
+        except TimeoutError:
+            logger.error(
+                "request %s answered before its record was committed: the ledger is %.0f s behind",
+                self.request_id,
+                STRICT_WAIT_S,
+            )

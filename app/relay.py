@@ -15,6 +15,7 @@ event: one larger than `[upstream] max_event_bytes` cuts the stream as an upstre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -29,6 +30,7 @@ from app.upstream import UpstreamReply
 from app.usage import RESPONSES, RESPONSES_FINAL_EVENTS, usage_from_event
 
 T = TypeVar("T")
+SHUTDOWN_NOTICE_S = 1.0
 STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -78,6 +80,7 @@ class StreamRelay(Response):
         endpoint: str,
         drop_usage_chunk: bool,
         max_event_bytes: int,
+        strict: bool = False,
     ) -> None:
         self.status_code = upstream.status_code
         self.upstream = upstream
@@ -86,6 +89,8 @@ class StreamRelay(Response):
         self.endpoint = endpoint
         self.drop_usage_chunk = drop_usage_chunk
         self.scanner = SSEScanner(max_event_bytes)
+        # Strict durability: the closing event goes out only once the record is committed.
+        self.strict = strict
         self.background = None
         # The upstream's closing event ([DONE], response.completed/failed/incomplete) has gone to
         # the client: the OpenAI SDKs hang up right after it, often before the relay sees the
@@ -111,12 +116,26 @@ class StreamRelay(Response):
                     self.account.failed(ClientGone(), self.status_code)
         except BaseException as exc:
             pump.cancel()
-            self.account.failed(exc, self.status_code)
-            if not isinstance(exc, Exception):
+            error = self.account.failed(exc, self.status_code)
+            if isinstance(exc, asyncio.CancelledError) and error is not None:
+                await self._stopped(send, error)
+            elif not isinstance(exc, Exception):
                 raise
         finally:
             watcher.cancel()
             await self.upstream.aclose()
+
+    async def _stopped(self, send: Send, error: GatewayError) -> None:
+        """A shutdown past its grace period cut the stream: tell the client, briefly."""
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        if self.mid_event:
+            return
+        event = stream_error_event(self.endpoint, error)
+        final = {"type": "http.response.body", "body": event, "more_body": False}
+        with contextlib.suppress(Exception):  # a client that cannot take it is not waited for
+            await asyncio.wait_for(send(final), SHUTDOWN_NOTICE_S)
 
     async def _pump(self, send: Send) -> None:
         """Forward the stream; a mid-stream upstream failure is told to the client, then raised."""
@@ -155,9 +174,13 @@ class StreamRelay(Response):
     async def _forward(self, send: Send, chunk: bytes, events: list[SSEEvent]) -> None:
         """Send the client its bytes of `chunk`; note usage and whether the stream has closed."""
         chunk = self._observe(chunk, events)
+        closing = any(e.data == "[DONE]" or e.event in RESPONSES_FINAL_EVENTS for e in events)
+        if closing and self.strict:
+            self.account.answered(self.status_code)
+            await self.account.durable()
         if chunk:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        if any(e.data == "[DONE]" or e.event in RESPONSES_FINAL_EVENTS for e in events):
+        if closing:
             self.delivered = True
 
     def _observe(self, chunk: bytes, events: list[SSEEvent]) -> bytes:
@@ -186,15 +209,15 @@ class StreamRelay(Response):
         await send(
             {
                 "type": "http.response.body",
-                "body": stream_error_event(self.endpoint, error.code, error.message),
+                "body": stream_error_event(self.endpoint, error),
                 "more_body": False,
             }
         )
 
 
-def stream_error_event(endpoint: str, code: str, message: str) -> bytes:
+def stream_error_event(endpoint: str, failure: GatewayError) -> bytes:
     """An SSE error event the OpenAI SDKs raise as APIError, for the stream's format."""
-    error = {"message": message, "type": "upstream_error", "param": None, "code": code}
+    error = {"message": failure.message, "type": failure.type, "param": None, "code": failure.code}
     if endpoint == RESPONSES:
         payload = orjson.dumps({"type": "error", **error})
         return b"event: error\ndata: " + payload + b"\n\n"

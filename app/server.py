@@ -141,6 +141,7 @@ async def _start(settings: Settings) -> Gateway:
         max_buffer=settings.ledger.max_buffer,
         on_write_failure=metrics.write_failures.inc,
         on_drop=metrics.dropped.inc,
+        strict=settings.ledger.durability == "strict",
     )
     writer.start()
     gateway = Gateway(

@@ -118,12 +118,16 @@ class Gateway:
         if self.in_flight:
             logger.error("%d requests still unaccounted for at shutdown", self.in_flight)
 
-    def finish(self, record: UsageRecord) -> None:
-        """Account for a finished request: ledger, budget, metrics, and one log line."""
+    def finish(self, record: UsageRecord) -> asyncio.Future[bool] | None:
+        """Account for a finished request: ledger, budget, metrics, and one log line.
+
+        Returns the future of the record's commit in strict durability, else None.
+        """
         self.in_flight -= 1
         if record.credits_used:
             self.limits.charge(record.client, record.credits_used)
-        self.writer.submit(record)
+        stored = self.writer.submit(record)
         self.metrics.observe(record)
         if logger.isEnabledFor(logging.INFO):
             logger.info("request", extra={"record": record})
+        return stored

@@ -134,6 +134,7 @@ async def proxy_generation(request: Request, endpoint: str) -> Response:
                     endpoint=endpoint,
                     drop_usage_chunk=drop_usage,
                     max_event_bytes=gateway.settings.upstream.max_event_bytes,
+                    strict=gateway.settings.ledger.durability == "strict",
                 )
             answer = await unless_disconnected(request.receive, reply.read())
             reply_headers.update(reply.headers)
@@ -144,9 +145,11 @@ async def proxy_generation(request: Request, endpoint: str) -> Response:
             )
             reply_headers.update(reply.headers)
         _account_answer(account, reply.status_code, answer)
-        return Response(answer, reply.status_code, reply_headers)
+        response = Response(answer, reply.status_code, reply_headers)
     except BaseException as exc:
-        return _failure(account, exc, reply_headers)
+        response = _failure(account, exc, reply_headers)
+    await account.durable()
+    return response
 
 
 def _failure(account: RequestAccount, exc: BaseException, headers: dict[str, str]) -> Response:

@@ -193,6 +193,7 @@ def test_stream_longer_than_the_grace_period_is_cut_but_recorded(
     [record] = [r for r in sim.records if r.headers.get("x-request-id") == reader.request_id]
     assert not record.completed, "the stream should have been cut at the end of the grace period"
     assert b"response.completed" not in reader.content
+    assert reader.content.endswith(b"\n\n") and b'"code":"shutdown"' in reader.content
 
     rows = ledger_rows(f"sqlite:///{tmp_path / 'ledger.db'}")
     assert [r["request_id"] for r in rows] == [reader.request_id]
