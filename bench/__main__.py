@@ -44,6 +44,7 @@ _OVERRIDES: tuple[tuple[str, type, str], ...] = (
     ("--baseline-venv", Path, f"also measure its mavera-gateway as {BASELINE}, beside gateway"),
     ("--rounds", int, "wrk runs per target and connection count, the median reported"),
     ("--instances", int, "fresh starts of each target; latency and wrk rounds pooled"),
+    ("--baseline-durability", str, f"[ledger] durability of {BASELINE} (batched or strict)"),
 )
 
 

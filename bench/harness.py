@@ -51,6 +51,7 @@ class Options:
     stream_limit_s: float = 90.0
     litellm_venv: Path = Path(__file__).with_name(".venv-litellm")
     baseline_venv: Path | None = None  # another build's venv: measured as BASELINE
+    baseline_durability: str | None = None  # e.g. "strict": BASELINE with that ledger durability
     rounds: int = 1  # wrk runs per target and connection count (the median is reported)
     instances: int = 1  # fresh starts of each target; latency and wrk rounds pooled over them
     profile: bool = False
@@ -133,7 +134,11 @@ def _starter(name: str, upstream: Target, workdir: Path, options: Options) -> Ca
         "nginx": lambda: targets.start_nginx(workdir, upstream),
         "gateway": lambda: targets.start_gateway(workdir, upstream),
         BASELINE: lambda: targets.start_gateway(
-            workdir, upstream, BASELINE, targets.baseline_command(options.baseline_venv)
+            workdir,
+            upstream,
+            BASELINE,
+            targets.baseline_command(options.baseline_venv),
+            durability=options.baseline_durability,
         ),
         "litellm": lambda: targets.start_litellm(workdir, upstream, options.litellm_venv),
     }

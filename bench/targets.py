@@ -141,15 +141,23 @@ def packages(python: Path) -> set[str]:
 
 
 def start_gateway(
-    workdir: Path, upstream: Target, name: str = "gateway", command: list[str] | None = None
+    workdir: Path,
+    upstream: Target,
+    name: str = "gateway",
+    command: list[str] | None = None,
+    durability: str | None = None,
 ) -> Target:
     """`mavera-gateway serve`: one uvicorn worker, SQLite ledger on, request log to a file.
 
-    `command` runs another build (`gateway-base`) with the same config, environment and ledger.
+    `command` runs another build (`gateway-base`) with the same config, environment and ledger;
+    `durability` sets its `[ledger] durability` (the same build, strict against batched).
     """
     target = Target(name, procs.free_port(), "/v1", log=workdir / f"{name}.log")
     config = workdir / f"{name}.toml"
-    config.write_text(f'[defaults]\npersona_id = "{PERSONA_ID}"\n')
+    text = f'[defaults]\npersona_id = "{PERSONA_ID}"\n'
+    if durability is not None:
+        text += f'\n[ledger]\ndurability = "{durability}"\n'
+    config.write_text(text)
     database = workdir / f"ledger-{time.time_ns()}.db"  # a new ledger per start: worst case
     env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARIABLES}
     env |= {

@@ -220,9 +220,10 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
 
 TOO_DEEP = "request body nests too deeply: the gateway forwards at most {limit} levels"
 MAX_FORWARD_DEPTH = 254  # orjson writes no deeper
-# 20 digits in a row: the only way to write an integer beyond 64 bits, which the parser would
-# turn into a float (a silent change of value). Rare, so the exact check runs only then.
-_LONG_DIGITS = re.compile(rb"\d{20}")
+# 19 digits in a row: the only way to write an integer beyond 64 bits (below -2**63 or from
+# 2**64 on), which the parser would turn into a float, a silent change of value. Rare, so the
+# exact check runs only then.
+_LONG_DIGITS = re.compile(rb"\d{19}")
 _INT64 = range(-(2**63), 2**64)
 
 
