@@ -83,18 +83,8 @@ class LedgerWriter:
 
         In strict mode: the future of its commit (True) or loss (False); else None.
         """
-        if self.depth() >= self.max_buffer and self._buffer:
-            lost = self._buffer.popleft()
-            self._settle(lost, False)
-            self.dropped += 1
-            self.on_drop()
-            logger.error(
-                "LEDGER BUFFER FULL (%d records): dropped the oldest record; %d dropped so far. "
-                "The ledger database has been failing; fix it to stop losing usage records.",
-                self.max_buffer,
-                self.dropped,
-            )
         self._buffer.append(record)
+        self._trim()
         if self.strict:
             future = asyncio.get_running_loop().create_future()
             self._waiters[record.id] = future
@@ -103,6 +93,19 @@ class LedgerWriter:
         if len(self._buffer) >= self.batch_size:
             self._wake.set()
         return None
+
+    def _trim(self) -> None:
+        """Drop the oldest waiting records while more than `max_buffer` are held."""
+        while self.depth() > self.max_buffer and self._buffer:
+            self._settle(self._buffer.popleft(), False)
+            self.dropped += 1
+            self.on_drop()
+            logger.error(
+                "LEDGER BUFFER FULL (%d records): dropped the oldest record; %d dropped so far. "
+                "The ledger database has been failing; fix it to stop losing usage records.",
+                self.max_buffer,
+                self.dropped,
+            )
 
     def _settle(self, record: UsageRecord, committed: bool) -> None:
         future = self._waiters.pop(record.id, None) if self._waiters else None
@@ -139,7 +142,9 @@ class LedgerWriter:
             self._buffer.extendleft(reversed(batch))
             raise
         except Exception as exc:  # any storage failure: keep the records and retry later
+            self._in_flight = 0
             self._buffer.extendleft(reversed(batch))
+            self._trim()  # what arrived during the write may have pushed past the bound
             self.on_write_failure()
             if self.failing_since is None:
                 self.failing_since = time.time()

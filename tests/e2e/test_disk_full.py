@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -86,3 +87,34 @@ def test_a_full_disk_delays_records_but_loses_none(
     assert len(rows) == served + 1
     assert len({r["id"] for r in rows}) == len(rows), "each record once"
     assert all(r["outcome"] == "ok" for r in rows)
+
+
+def test_an_overflowing_buffer_drops_the_oldest_loudly(
+    make_gateway: GatewayFactory, small_disk: Path, no_key_in_logs: Any
+) -> None:
+    gateway = make_gateway(
+        ledger={
+            "database_url": f"sqlite:///{small_disk / 'ledger.db'}",
+            "flush_interval_ms": 20,
+            "max_buffer": 3,
+        }
+    )
+    client = gateway.client()
+    client.chat.completions.create(model="mavera-1", messages=HI)
+    gateway.flush()
+    _fill(small_disk / "filler")
+    for _ in range(12):
+        client.chat.completions.create(model="mavera-1", messages=HI, user="x" * 20_000)
+    deadline = time.monotonic() + 20
+    while gateway.state.writer.dropped == 0:
+        assert time.monotonic() < deadline, "nothing was dropped"
+        time.sleep(0.05)
+    readyz = httpx.get(gateway.url + "/readyz", timeout=10)
+    assert readyz.status_code == 503
+    assert any("records dropped" in p for p in readyz.json()["problems"])
+    assert any("LEDGER BUFFER FULL" in line for line in no_key_in_logs.lines)
+    metrics = httpx.get(gateway.url + "/metrics", timeout=10).text
+    assert (
+        f"mavera_gateway_ledger_dropped_records_total {gateway.state.writer.dropped}.0" in metrics
+    )
+    assert gateway.state.writer.depth() <= 3
