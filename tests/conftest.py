@@ -17,6 +17,7 @@ from typing import Any
 
 import openai
 import pytest
+import trustme
 
 from app.background import BackgroundServer
 from app.config import Settings
@@ -57,6 +58,20 @@ def free_port() -> int:
     raise RuntimeError("no free port found")
 
 
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    """A throwaway certificate authority, for TLS upstreams."""
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
+    """The test CA's certificate as a PEM file, as an operator would point ca_bundle at."""
+    path = tmp_path / "private-ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[SqliteLedger]:
     """An open, empty SQLite ledger in the test's own directory."""
@@ -85,6 +100,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("MAVERA_") or name.lower() in PROXY_VARIABLES:
             monkeypatch.delenv(name)
+    monkeypatch.delenv("REQUEST_METHOD", raising=False)  # urllib ignores HTTP_PROXY under CGI
 
 
 class _LogCollector(logging.Handler):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import ssl
 from pathlib import Path
 from typing import Any
@@ -21,29 +20,6 @@ LOOPS = pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 UPSTREAM_NAME = "app.mavera.test"  # reached only through the test proxy, which maps it to 127.0.0.1
 CREDENTIALS = ("gw:user", "p@ss word")  # both need percent-encoding in a URL
 ENCODED_USERINFO = "gw%3Auser:p%40ss%20word"
-
-
-@pytest.fixture(autouse=True)
-def no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The developer's proxy variables never reach these tests; each test sets its own."""
-    for name in list(os.environ):
-        if name.lower() in ("http_proxy", "https_proxy", "no_proxy", "all_proxy"):
-            monkeypatch.delenv(name)
-    monkeypatch.delenv("REQUEST_METHOD", raising=False)  # urllib ignores HTTP_PROXY under CGI
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    """A throwaway certificate authority."""
-    return trustme.CA()
-
-
-@pytest.fixture
-def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
-    """The test CA's certificate as a PEM file, as an operator would point ca_bundle at."""
-    path = tmp_path / "private-ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return str(path)
 
 
 def server_tls(ca: trustme.CA, *names: str) -> ssl.SSLContext:

@@ -23,18 +23,6 @@ NAME = "mavera.internal.test"  # only the test proxy knows it: it maps every nam
 
 
 @pytest.fixture
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
-    path = tmp_path / "private-ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return str(path)
-
-
-@pytest.fixture
 def tls_simulator(ca: trustme.CA, tmp_path: Path) -> Iterator[tuple[Simulator, int]]:
     """The simulator over HTTPS, with a certificate for 127.0.0.1 and NAME from the test CA."""
     cert = ca.issue_cert("127.0.0.1", NAME)
