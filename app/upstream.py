@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Protocol
 from urllib.parse import urlencode
@@ -36,6 +35,7 @@ from app.http1 import (
     TransportError,
     WriteTimeout,
 )
+from app.scrub import Scrubber, error_body
 
 logger = logging.getLogger("mavera_gateway.upstream")
 
@@ -56,12 +56,9 @@ RETURNED_RESPONSE_HEADERS = (
     "x-ratelimit-remaining",
     "x-ratelimit-reset",
 )
-KEY_PATTERN = re.compile(rb"mvra_[A-Za-z0-9_\-]+")
-REDACTED = b"mvra_[redacted]"
 # Error bodies are read to this size at most: enough for any real error, and a hostile or
 # broken upstream cannot make the gateway buffer more.
 MAX_ERROR_BODY_BYTES = 64 * 1024
-MAX_ERROR_CODE_CHARS = 64
 RETRY_STATUSES = frozenset({502, 503})
 RETRY_BASE_DELAY_S = 0.25
 RETRY_MAX_DELAY_S = 4.0
@@ -105,50 +102,6 @@ def upstream_headers(
 def returned_headers(found: Mapping[str, str]) -> dict[str, str]:
     """The upstream response headers passed back to the client."""
     return {name: found[name] for name in RETURNED_RESPONSE_HEADERS if name in found}
-
-
-class Scrubber:
-    """Removes the Mavera key, and anything shaped like one, from what the upstream sent."""
-
-    def __init__(self, api_key: str) -> None:
-        self._key = api_key.encode() if api_key else b""
-
-    def bytes(self, data: bytes) -> bytes:
-        """`data` with every key replaced."""
-        if self._key:
-            data = data.replace(self._key, REDACTED)
-        return KEY_PATTERN.sub(REDACTED, data)
-
-    def text(self, text: str) -> str:
-        """`text` with every key replaced."""
-        return self.bytes(text.encode("utf-8", "replace")).decode("utf-8", "replace")
-
-
-def error_body(status: int, raw: bytes, scrubber: Scrubber) -> bytes:
-    """An upstream error body fit for the client: no key in it, and in the OpenAI error shape.
-
-    Mavera's own JSON errors pass as they are (less any key); anything else, such as an HTML
-    page from a proxy, is wrapped so that SDKs can parse it.
-    """
-    clean = scrubber.bytes(raw)
-    try:
-        parsed = orjson.loads(clean)
-    except orjson.JSONDecodeError:
-        parsed = None
-    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-        return clean
-    said = clean[:500].decode("utf-8", "replace").strip() or "no body"
-    message = f"Mavera (or a proxy in front of it) answered {status} without a JSON error: {said}"
-    return orjson.dumps(
-        {
-            "error": {
-                "message": message,
-                "type": "upstream_error",
-                "param": None,
-                "code": f"upstream_http_{status}",
-            }
-        }
-    )
 
 
 class UpstreamReply:

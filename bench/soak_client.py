@@ -85,7 +85,12 @@ class Connection:
                 await self._read(seen, hang_up_early)
         except TimeoutError:
             seen.end = "abandoned"
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ConnectionError,
+            ValueError,
+        ):
             seen.end = "eof" if seen.status else "no_answer"
         if seen.end != "complete" and seen.end != "error_event" and seen.end != "bad_shape":
             self.close()
@@ -108,7 +113,7 @@ class Connection:
 
     async def _read_chunked(self, hang_up_early: bool) -> bytes | None:
         """The body of a chunked answer; None when the client hung up after its first chunk."""
-        reader, frames = self.reader, []
+        reader, frames = self.reader, list[bytes]()
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
             if size == 0:

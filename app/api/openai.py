@@ -32,8 +32,8 @@ from app.errors import BodyTooLarge, InvalidRequest
 from app.records import new_id
 from app.relay import StreamRelay, unless_disconnected
 from app.routing import apply_target, resolve
+from app.scrub import MAX_ERROR_CODE_CHARS
 from app.state import Gateway
-from app.upstream import MAX_ERROR_CODE_CHARS
 from app.usage import CHAT, RESPONSES, ask_for_stream_usage, usage_from_body
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
