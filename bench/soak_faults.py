@@ -1,13 +1,14 @@
 """`python -m bench.soak_faults`: a long mixed load with injected faults against a real gateway.
 
-The Mavera simulator (`mavera-gateway simulate`) and the gateway (`mavera-gateway serve`, SQLite
-ledger) run as processes of their own on 127.0.0.1, each stopped through its own process group
-when the run ends, however it ends. A bounded number of client tasks send the mix of
-`bench.soak_mix` (chat and Responses, streamed and not, about 15% with a fault: Mavera 5xx and
-4xx, cut streams and bodies, hangs, client disconnects and deadlines), each request with its own
-`x-request-id`. The gateway's RSS is sampled throughout. After the load the gateway is stopped
-with SIGTERM (which flushes its ledger), and the ledger is read: every request id sent must be
-there exactly once, with the outcome its fault calls for, and no gateway 500 anywhere.
+The Mavera simulator (`bench.soak_sim`, or `mavera-gateway simulate` itself with `--simulator
+cli`) and the gateway (`mavera-gateway serve`, SQLite ledger) run as processes of their own on
+127.0.0.1, each stopped through its own process group when the run ends, however it ends. A
+bounded number of client tasks send the mix of `bench.soak_mix` (chat and Responses, streamed and
+not, about 15% with a fault: Mavera 5xx and 4xx, cut streams and bodies, hangs, client disconnects
+and deadlines), each request with its own `x-request-id`. The gateway's RSS is sampled throughout.
+After the load the gateway is stopped with SIGTERM (which flushes its ledger), and the ledger is
+read: every request id sent must be there exactly once, with the outcome its fault calls for, and
+no gateway 500 anywhere.
 
 Bounded by `--requests` and by `--max-seconds` of load, whichever comes first. Not run by CI.
 """
@@ -213,14 +214,8 @@ def _stopped_on_sigterm() -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> int:
     """The whole soak; returns the exit status (0 when every check passed)."""
-    requests, concurrency, max_seconds, seed = (
-        args.requests,
-        args.concurrency,
-        args.max_seconds,
-        args.seed,
-    )
     workdir = Path(tempfile.mkdtemp(prefix="soak-faults-"))
-    kinds = schedule(requests, seed)
+    kinds = schedule(args.requests, args.seed)
     prefix = f"soak-{os.getpid()}-{time.time_ns():x}-"
     sim = gateway = None
     with _stopped_on_sigterm():
@@ -230,21 +225,32 @@ def run(args: argparse.Namespace) -> int:
             gateway, port = _start_gateway(workdir, sim_port)
             pids = {"gateway": gateway.pid, "simulator": sim.pid}
             began, started_at = time.monotonic(), time.time()
-            load = Load(port, kinds, began + max_seconds, prefix)
+            load = Load(port, kinds, began + args.max_seconds, prefix)
             _use_uvloop()
-            samples = asyncio.run(_drive(load, concurrency, pids))
+            samples = asyncio.run(_drive(load, args.concurrency, pids))
             duration = time.monotonic() - began
             procs.stop(gateway, STOP_GRACE_S)
-            exit_code = gateway.returncode
+        except BaseException:
+            print(f"soak stopped early; logs and ledger kept in {workdir}", file=sys.stderr)
+            raise
         finally:
             for process in (gateway, sim):
                 if process is not None:
                     procs.stop(process, STOP_GRACE_S)
     facts = soak_report.Facts(
-        requests=requests, concurrency=concurrency, seed=seed, duration_s=duration, load=load,
-        started_at=started_at, simulator=args.simulator, version=version,
-        samples=samples, workdir=workdir, gateway_exit=exit_code, max_seconds=max_seconds,
-    )  # fmt: skip
+        requests=args.requests,
+        concurrency=args.concurrency,
+        seed=args.seed,
+        duration_s=duration,
+        load=load,
+        samples=samples,
+        workdir=workdir,
+        gateway_exit=gateway.returncode,
+        max_seconds=args.max_seconds,
+        started_at=started_at,
+        simulator=args.simulator,
+        version=version,
+    )
     passed = soak_report.report(facts, " ".join(["python -m bench.soak_faults", *sys.argv[1:]]))
     if passed and not args.keep:
         soak_report.remove(workdir)
@@ -264,7 +270,7 @@ def main() -> int:
     """Parse the options and run the soak."""
     parser = argparse.ArgumentParser(prog="python -m bench.soak_faults", description=__doc__)
     parser.add_argument("--requests", type=int, default=1_000_000, help="requests to send")
-    parser.add_argument("--concurrency", type=int, default=64, help="client tasks")
+    parser.add_argument("--concurrency", type=int, default=128, help="client tasks")
     parser.add_argument("--max-seconds", type=float, default=1200.0, help="load time limit")
     parser.add_argument("--seed", type=int, default=9, help="seed of the request mix")
     parser.add_argument("--keep", action="store_true", help="keep the ledger and logs")

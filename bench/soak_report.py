@@ -7,6 +7,7 @@ and written, with every sample, to `bench/results/soak-<time>.md` and `.json`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import sqlite3
 import time
@@ -83,7 +84,7 @@ def check_ledger(database: Path, load: Load) -> LedgerCheck:
     check = LedgerCheck(by_kind=Counter(), outcomes=Counter())
     assert check.by_kind is not None and check.outcomes is not None
     prefix, cut = load.prefix, len(load.prefix)
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
         rows = db.execute("SELECT request_id, status, outcome FROM usage_records")
         for request_id, status, outcome in rows:
             check.rows += 1
