@@ -24,6 +24,7 @@ from app.simulator import SimScript, Simulator, persona_ids
 
 logger = logging.getLogger("mavera_gateway")
 
+SIMULATOR_RECORDS = 10_000  # what a standalone simulator remembers: it may run for weeks
 SIMULATOR_KEY = "mvra_live_built_in_simulator_key_0000"
 
 
@@ -161,7 +162,7 @@ def simulate(
 ) -> None:
     """Run the Mavera simulator alone, as a server."""
     configure_logging("text")
-    sim = Simulator(script=script, rpm=rpm, credits=credits)
+    sim = Simulator(script=script, rpm=rpm, credits=credits, max_records=SIMULATOR_RECORDS)
     logger.info(
         "Mavera simulator on http://%s:%d/api/v1 (any mvra_live_ key of 32+ chars)", host, port
     )

@@ -999,3 +999,12 @@ def test_records_are_visible_in_flight() -> None:
         next(response.iter_raw())
         record: SimRecord = sim.records[0]
         assert record.status == 200 and len(record.events) == 1 and not record.completed
+
+
+def test_a_long_running_simulator_keeps_only_its_recent_records() -> None:
+    sim = Simulator(max_records=5)
+    with TestClient(sim.app) as client:
+        for n in range(23):
+            client.get("/api/v1/personas", headers={"x-n": str(n)})
+    assert 5 <= len(sim.records) < 10
+    assert sim.records[-1].headers["x-n"] == "22", "the newest are kept"

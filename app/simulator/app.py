@@ -64,8 +64,12 @@ class Simulator:
         script: SimScript | None = None,
         rpm: int | None = None,
         credits: int | None = None,
+        max_records: int | None = None,
     ) -> None:
         self.api_keys = set(api_keys) if api_keys is not None else None
+        # A long-running simulator keeps only about its last `max_records` records (between
+        # that and twice as many); tests keep them all.
+        self.max_records = max_records
         self.script = script if script is not None else SimScript()
         self.credits = credits
         self.records: list[SimRecord] = []
@@ -133,6 +137,8 @@ class Simulator:
             received_at=time.monotonic(),
         )
         self.records.append(record)
+        if self.max_records is not None and len(self.records) >= 2 * self.max_records:
+            del self.records[: -self.max_records]
 
         async def send_noting_status(message: Message) -> None:
             if message["type"] == "http.response.start":
