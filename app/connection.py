@@ -41,7 +41,7 @@ _IDLE, _HEADERS, _BODY = 0, 1, 2
 
 
 class EdgeProtocol(HttpToolsProtocol):
-    """One client connection: uvicorn's protocol with the gateway's connection limits."""
+    """One client connection: uvicorn's protocol with the gateway's limits (no WebSockets)."""
 
     policy: ClassVar[EdgePolicy]
 
@@ -61,6 +61,8 @@ class EdgeProtocol(HttpToolsProtocol):
         self._header_count = self._header_bytes = self._declared = self._body_bytes = 0
         self._raw_header_bytes = -1  # the read a request starts in is not counted: see below
         self._chunked = self._body_over = False
+
+    # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
