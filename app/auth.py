@@ -12,6 +12,8 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping
 
+from starlette.datastructures import Headers
+
 from app.clients import LOCAL_CLIENT, Client, ClientSpec, check_client_name
 from app.config import ClientSettings
 from app.errors import InvalidApiKey
@@ -36,6 +38,20 @@ async def issue_key(ledger: Ledger, name: str, spec: ClientSpec) -> str:
     key = new_key()
     await ledger.add_key(StoredKey(name, key_digest(key), spec, created_at=time.time()))
     return key
+
+
+def authorization(headers: Mapping[str, str]) -> str:
+    """The one Authorization header of a request ("" if none); InvalidApiKey if it has several,
+    since which one counts would be a guess that a proxy in between may have made differently."""
+    if not isinstance(headers, Headers):
+        return headers.get("authorization", "")
+    values = headers.getlist("authorization")
+    if len(values) > 1:
+        raise InvalidApiKey(
+            f"{len(values)} Authorization headers were sent: send exactly one, "
+            "'Authorization: Bearer <key>'"
+        )
+    return values[0] if values else ""
 
 
 class KeyStore:
@@ -73,10 +89,10 @@ class KeyStore:
         self._keyed = self._keyed or bool(self._by_digest)
 
     def authenticate(self, headers: Mapping[str, str]) -> Client:
-        """The calling client, or InvalidApiKey."""
+        """The calling client, or InvalidApiKey (also for two Authorization headers)."""
         if not self._keyed:
             return LOCAL_CLIENT
-        scheme, _, token = headers.get("authorization", "").partition(" ")
+        scheme, _, token = authorization(headers).partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise InvalidApiKey(
                 "missing gateway key: send 'Authorization: Bearer mgw_...' "

@@ -15,11 +15,26 @@ from typing import Any
 
 import uvicorn
 
+from app.config import ServerSettings
+from app.edge import uvicorn_options
+
 
 class BackgroundServer:
-    """uvicorn serving `app` on `host`, an ephemeral port unless one is given."""
+    """uvicorn serving `app` on `host`, an ephemeral port unless one is given.
 
-    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0, **config: Any) -> None:
+    With `edge` (the gateway's [server] settings) its connections get the limits of app.edge,
+    exactly as `serve` applies them; without, plain uvicorn (the simulator).
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        edge: ServerSettings | None = None,
+        **config: Any,
+    ) -> None:
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
@@ -28,6 +43,8 @@ class BackgroundServer:
         # log_config=None: leave logging to whoever owns the process (uvicorn's defaults would
         # reconfigure its loggers process-wide, under the gateway's own server too).
         options = {"log_config": None, "lifespan": "on", "timeout_graceful_shutdown": 2}
+        if edge is not None:
+            options.update(uvicorn_options(edge, app))
         self.server = uvicorn.Server(uvicorn.Config(app, **{**options, **config}))
         self._thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self._socket]}, daemon=True

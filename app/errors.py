@@ -2,8 +2,11 @@
 
 GatewayError                      any error answered by the gateway, not the upstream
 ├── InvalidApiKey                 401 invalid_api_key: no or unknown gateway key
-├── InvalidRequest                400 invalid_request_error: body not JSON / not an object
-│   └── BodyTooLarge              413
+├── InvalidRequest                400 invalid_request_error: body not JSON / not an object, or
+│   │                             not HTTP at all (answered by app.edge)
+│   ├── BodyTooLarge              413: body over max_body_bytes
+│   ├── HeadersTooLarge           431: request line and headers over max_header_bytes/max_headers
+│   └── RequestTimeout            408 request_timeout: headers or body not in within their deadline
 ├── PersonaRequired               400 persona_required
 ├── PersonaOverrideForbidden      403 persona_override_forbidden
 ├── ModelNotFound                 404 model_not_found (strict_models only)
@@ -15,6 +18,7 @@ GatewayError                      any error answered by the gateway, not the ups
 │   ├── UpstreamStreamCut         502 upstream_stream_cut: the connection broke mid-answer
 │   └── UpstreamEventTooLarge     502 upstream_event_too_large: a stream event over max_event_bytes
 ├── UpstreamBusy                  503 upstream_busy (+ Retry-After): no upstream connection free
+├── TooManyConnections            503 too_many_connections (+ Retry-After): over max_connections
 ├── UpstreamTimeout               504 upstream_timeout
 ├── ShuttingDown                  503 shutdown: cut by a shutdown past its grace period
 └── InternalError                 500 internal_error: the gateway's own bug (outcome gateway_error)
@@ -86,6 +90,15 @@ class BodyTooLarge(InvalidRequest):
     status = 413
 
 
+class HeadersTooLarge(InvalidRequest):
+    status = 431
+
+
+class RequestTimeout(InvalidRequest):
+    status = 408
+    code = "request_timeout"
+
+
 class PersonaRequired(GatewayError):
     status = 400
     type = "invalid_request_error"
@@ -155,6 +168,13 @@ class UpstreamBusy(GatewayError):
     status = 503
     type = "upstream_error"
     code = "upstream_busy"
+
+
+class TooManyConnections(GatewayError):
+    outcome = "rejected"
+    status = 503
+    type = "server_error"
+    code = "too_many_connections"
 
 
 class UpstreamTimeout(GatewayError):

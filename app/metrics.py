@@ -66,6 +66,13 @@ class Metrics:
             "Records dropped because the buffer was full",
             registry=self.registry,
         )
+        self.edge_refusals = Counter(
+            "mavera_gateway_edge_refusals",
+            "Requests and connections the server answered or closed on its own (app.edge); "
+            "only body_timeout ones reached the app and have a ledger record",
+            ("reason",),
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "mavera_gateway_ledger_queue_depth",
             "Records waiting to be written",

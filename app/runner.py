@@ -17,6 +17,7 @@ from sse_starlette.sse import AppStatus
 
 from app.background import BackgroundServer
 from app.config import Settings
+from app.edge import uvicorn_options
 from app.ledger.backends import open_ledger
 from app.logs import configure_logging
 from app.server import create_app
@@ -118,19 +119,19 @@ def serve(
         settings.upstream.base_url,
         settings.defaults.persona_id or "none",
     )
+    app = create_app(settings, reload_settings)
     try:
         with _stop_signals_exit_cleanly():
             uvicorn.run(
-                create_app(settings, reload_settings),
+                app,
                 host=host,
                 port=port,
                 loop="uvloop",
-                http="httptools",
                 lifespan="on",
                 access_log=False,
                 log_config=None,
                 timeout_graceful_shutdown=int(settings.server.shutdown_grace_s),
-                timeout_keep_alive=75,
+                **uvicorn_options(settings.server, app),
             )
     finally:
         if simulator is not None:

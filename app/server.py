@@ -107,6 +107,7 @@ def create_app(
         summary="OpenAI-compatible gateway in front of the Mavera API",
         lifespan=lifespan,
         redoc_url=None,
+        redirect_slashes=False,  # a redirect would be built from the client's Host header
     )
     app.include_router(openai.router, prefix="/v1", tags=["openai"])
     app.include_router(

@@ -205,7 +205,7 @@ def make_gateway(simulator: tuple[Simulator, str], tmp_path: Path) -> Iterator[G
 
     def start(**overrides: Any) -> RunningGateway:
         settings = gateway_settings(sim_url, tmp_path, **overrides)
-        server = BackgroundServer(create_app(settings)).start()
+        server = BackgroundServer(create_app(settings), edge=settings.server).start()
         started.append(RunningGateway(server.url, settings, sim, server))
         return started[-1]
 

@@ -22,7 +22,7 @@ from app.api.schemas import (
     Revoked,
     UsageReport,
 )
-from app.auth import issue_key, key_digest
+from app.auth import authorization, issue_key, key_digest
 from app.clients import ClientSpec, InvalidClientSpec
 from app.errors import GatewayError, InvalidApiKey, InvalidRequest
 from app.ledger.protocol import REPORT_GROUPS, KeyExists, ReportGroup
@@ -54,6 +54,7 @@ def admin_gateway(
     configured = gateway.settings.admin.key
     if configured is None:
         raise AdminDisabled("the admin API is off: set MAVERA_GATEWAY_ADMIN_KEY to enable it")
+    authorization(request.headers)  # refuses several Authorization headers; HTTPBearer took one
     token = credentials.credentials.strip() if credentials else ""
     expected = key_digest(configured.get_secret_value())
     if not token or not hmac.compare_digest(key_digest(token), expected):

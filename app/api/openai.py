@@ -14,10 +14,10 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Path
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from app.accounting import CLIENT_GONE_STATUS, RequestAccount
+from app.accounting import CLIENT_GONE_STATUS, ClientGone, RequestAccount
 from app.api.schemas import (
     ERRORS,
     GENERATION_ERRORS,
@@ -28,7 +28,8 @@ from app.api.schemas import (
     ResponseObject,
     ResponsesRequest,
 )
-from app.errors import BodyTooLarge, InvalidRequest
+from app.edge import body_timed_out
+from app.errors import BodyTooLarge, InvalidRequest, RequestTimeout
 from app.records import new_id
 from app.relay import StreamRelay, unless_disconnected
 from app.routing import apply_target, resolve
@@ -194,16 +195,23 @@ def _serialised(body: dict[str, Any]) -> bytes:
 
 async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
     """The request body as a JSON object, or the error that says what is wrong with it."""
+    # connection: close, since the rest of the body is not read (app.edge closes lingeringly)
+    message = f"request body is over the gateway's limit of {max_bytes} bytes"
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise BodyTooLarge(f"request body is over the gateway's limit of {max_bytes} bytes")
+        raise BodyTooLarge(message, headers={"connection": "close"})
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise BodyTooLarge(f"request body is over the gateway's limit of {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise BodyTooLarge(message, headers={"connection": "close"})
+            chunks.append(chunk)
+    except ClientDisconnect:
+        if body_timed_out(request.scope):
+            raise RequestTimeout("request body did not arrive in time") from None
+        raise ClientGone() from None
     raw = b"".join(chunks)
     try:
         body = orjson.loads(raw)
