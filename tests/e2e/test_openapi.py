@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -9,7 +10,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.conftest import GatewayFactory, RunningGateway
+from app.background import BackgroundServer
+from app.server import create_app
+from tests.conftest import GatewayFactory, RunningGateway, gateway_settings
 
 ADMIN_KEY = "admin-key-for-the-openapi-tests"
 EXPECTED = {
@@ -69,8 +72,17 @@ def test_docs_page_is_served(documented: RunningGateway) -> None:
 FUZZ_EXAMPLES = 15
 
 
+def _openai_error(content: bytes) -> bool:
+    try:
+        error = json.loads(content)["error"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(error, dict) and set(error) == {"message", "type", "param", "code"}
+
+
 def test_fuzzed_requests_never_get_a_500(documented: RunningGateway) -> None:
-    """Schemathesis cases for every operation, admin key included: no answer is a gateway 500."""
+    """Schemathesis cases for every operation, admin key included: no answer is a gateway 500,
+    and every error is in the OpenAI shape."""
     schema = schemathesis.openapi.from_url(documented.url + "/openapi.json")
     failures: list[str] = []
     calls = 0
@@ -93,6 +105,8 @@ def test_fuzzed_requests_never_get_a_500(documented: RunningGateway) -> None:
             statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
             if response.status_code >= 500 and response.status_code not in (502, 503, 504):
                 failures.append(f"{case.method} {case.formatted_path}: {response.status_code}")
+            if response.status_code >= 400 and not _openai_error(response.content):
+                failures.append(f"{case.method} {case.formatted_path}: not an OpenAI error")
 
         call()
     assert calls >= FUZZ_EXAMPLES * len(EXPECTED) // 2, calls
@@ -100,3 +114,30 @@ def test_fuzzed_requests_never_get_a_500(documented: RunningGateway) -> None:
     booked = {record["outcome"] for record in documented.records()}
     assert "gateway_error" not in booked, "a fuzzed request found a gateway bug"
     assert statuses.get(200) and statuses.get(400), statuses  # both kinds of case were made
+
+
+def test_generation_posts_take_the_fast_path_past_middleware(
+    simulator: tuple[Any, str], tmp_path: Any
+) -> None:
+    """As documented: middleware added to the app does not see the two generation endpoints
+    (they skip FastAPI's stack for speed), and sees everything else."""
+    _, sim_url = simulator
+    app = create_app(gateway_settings(sim_url, tmp_path, routes={"sales": {}}))
+    seen: list[str] = []
+
+    @app.middleware("http")
+    async def note(request: Any, call_next: Any) -> Any:
+        seen.append(f"{request.method} {request.url.path}")
+        return await call_next(request)
+
+    chat = {"model": "mavera-1", "messages": [{"role": "user", "content": "hi"}]}
+    with BackgroundServer(app) as server:
+        for path in ("/v1/chat/completions", "/sales/v1/chat/completions"):
+            assert httpx.post(server.url + path, json=chat, timeout=10).status_code == 200
+        response = httpx.post(
+            server.url + "/v1/responses", json={"model": "m", "input": "hi"}, timeout=10
+        )
+        assert response.status_code == 200
+        assert httpx.get(server.url + "/v1/models", timeout=10).status_code == 200
+        assert httpx.post(server.url + "/v1/models", timeout=10).status_code == 405
+    assert seen == ["GET /v1/models", "POST /v1/models"]
