@@ -254,6 +254,13 @@ class Response:
 
     async def aread(self) -> bytes:
         """The whole body."""
+        if self.complete:  # usual for a small answer: it came with its headers
+            body = b"".join(self._chunks)
+            self._chunks.clear()
+            self._buffered = 0
+            if self._connection.transport is not None:
+                self._connection.transport.resume_reading()
+            return body
         return b"".join([chunk async for chunk in self.aiter_raw()])
 
     async def aclose(self) -> None:
