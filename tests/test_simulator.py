@@ -1008,3 +1008,27 @@ def test_a_long_running_simulator_keeps_only_its_recent_records() -> None:
             client.get("/api/v1/personas", headers={"x-n": str(n)})
     assert 5 <= len(sim.records) < 10
     assert sim.records[-1].headers["x-n"] == "22", "the newest are kept"
+
+
+def test_a_stream_whose_client_leaves_stops_being_generated() -> None:
+    sim = Simulator()
+    body = {
+        "model": "mavera-1",
+        "persona_id": persona_ids()[0],
+        "stream": True,
+        "input": "go",
+        "mavera_sim": {"chunks": 200_000},
+    }
+    with serve_in_thread(sim.app) as base:
+        with httpx.stream(
+            "POST", base + "/api/v1/responses", json=body, headers=AUTH, timeout=10
+        ) as response:
+            assert response.status_code == 200
+            next(response.iter_raw())
+        deadline = time.monotonic() + 10
+        while sim.records[-1].client_disconnected_at is None:
+            assert time.monotonic() < deadline, "the simulator never noticed the client leave"
+            time.sleep(0.02)
+    record = sim.records[-1]
+    assert not record.completed
+    assert len(record.events) < 200_000, "it went on generating for nobody"

@@ -32,6 +32,9 @@ PING_INTERVAL_S = 86_400
 Biller = Callable[[bool], None]
 
 
+YIELD_EVERY = 32  # stream events between pauses that let a disconnect be seen
+
+
 class StreamCut(Exception):
     """Raised to drop the connection mid-response, as a scripted fault."""
 
@@ -159,6 +162,12 @@ class Delivery:
     async def _iterate(self) -> AsyncIterator[bytes]:
         script = self.script
         for index, event in enumerate(self.events or ()):
+            if self.record.client_disconnected_at is not None:
+                return  # nobody is listening: stop, as Mavera stops generating
+            if index % YIELD_EVERY == YIELD_EVERY - 1:
+                # A send to a client that has gone returns at once, so without a pause here a
+                # long stream with no delay would never let the disconnect be noticed.
+                await anyio.sleep(0)
             if script.cut_after is not None and index >= script.cut_after:
                 raise StreamCut
             if script.hang_after is not None and index >= script.hang_after:
