@@ -8,7 +8,7 @@ owns, whatever happens.
 
 Memory per stream is bounded at both ends. A client that does not read makes `send` wait (the
 server's flow control), so the pump stops taking chunks and the upstream connection stops reading
-once its buffer is full (app/http1.py's MAX_BUFFERED). And the scanner holds at most one unfinished
+once its buffer is full (app/http1/connection.py's MAX_BUFFERED). And the scanner holds at most one unfinished
 event: one larger than `[upstream] max_event_bytes` cuts the stream as an upstream failure.
 """
 

@@ -13,7 +13,7 @@ import pytest
 import trustme
 
 from app.http1 import ConnectFailed, Pool
-from app.proxy import bypassed
+from app.http1.proxy import bypassed
 from tests.upstream_servers import header, http_proxy, json_ok, origin, run
 
 LOOPS = pytest.mark.parametrize("loop", ["asyncio", "uvloop"])

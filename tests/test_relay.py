@@ -102,6 +102,18 @@ def run(response: StreamRelay, client: Client) -> None:
     asyncio.run(response({"type": "http"}, client.receive, client.send))
 
 
+def leave_after_first_body(response: StreamRelay, client: Client) -> None:
+    """Run the relay until the client has some of the body, then make the client hang up."""
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(response({"type": "http"}, client.receive, client.send))
+        await client.got_body.wait()
+        client.gone.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
+
+
 def test_a_stream_goes_through_byte_for_byte_and_is_booked_once() -> None:
     chunks = [chat_chunk("Hel"), chat_chunk("lo") + USAGE_CHUNK[:20], USAGE_CHUNK[20:], DONE]
     reply = ScriptedReply(chunks)
@@ -167,14 +179,7 @@ def test_a_client_that_leaves_mid_stream_is_booked_as_disconnected() -> None:
     reply = ScriptedReply([chat_chunk("Hi")], hold=True)
     response, closed = relay(reply)
     client = Client()
-
-    async def scenario() -> None:
-        task = asyncio.ensure_future(response({"type": "http"}, client.receive, client.send))
-        await client.got_body.wait()
-        client.gone.set()
-        await asyncio.wait_for(task, 5)
-
-    asyncio.run(scenario())
+    leave_after_first_body(response, client)
     [record] = closed
     assert (record.outcome, record.error_code) == ("client_disconnected", "client_disconnected")
     assert record.credits_used is None
@@ -309,14 +314,7 @@ def test_a_client_that_hangs_up_after_a_failed_or_incomplete_event_is_ok(kind: s
     reply = ScriptedReply([closing_event(kind)], hold=True)
     response, closed = relay(reply, endpoint=RESPONSES)
     client = Client()
-
-    async def scenario() -> None:
-        task = asyncio.ensure_future(response({"type": "http"}, client.receive, client.send))
-        await client.got_body.wait()
-        client.gone.set()
-        await asyncio.wait_for(task, 5)
-
-    asyncio.run(scenario())
+    leave_after_first_body(response, client)
     [record] = closed
     assert (record.outcome, record.credits_used) == ("ok", 2)
     assert reply.closed

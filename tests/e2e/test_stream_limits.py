@@ -26,7 +26,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from app.background import BackgroundServer
-from app.http1_connection import MAX_BUFFERED
+from app.http1.connection import MAX_BUFFERED
 from tests.conftest import GatewayFactory, RunningGateway
 
 # Beyond MAX_BUFFERED: a socket read or two in flight at each hop, and the 64 KiB write buffers

@@ -5,8 +5,8 @@ which is quadratic at 200 concurrent streams (see bench/README.md). Here idle co
 LIFO stack, asyncio says when the server closed one, and a connection that finishes while
 requests wait goes straight to the first of them: taking one is O(1). TLS is verified against the
 system store (OpenSSL honours `SSL_CERT_FILE`), or against `ca_bundle` instead. The proxy is
-chosen as curl and httpx choose it (`app/proxy.py`). The connection itself, its parser and the
-response are in `app/http1_connection.py`; this module is the only one the gateway imports.
+chosen as curl and httpx choose it (`proxy.py`). The connection itself, its parser and the
+response are in `connection.py`. This package is the transport: only app/upstream.py imports it.
 
 Errors:
 
@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from app.http1_connection import (
+from app.http1.connection import (
     ConnectFailed,
     Connection,
     PoolTimeout,
@@ -42,7 +42,7 @@ from app.http1_connection import (
     WriteTimeout,
     keep_alive_window,
 )
-from app.proxy import Route, select_proxy
+from app.http1.proxy import Route, select_proxy
 
 __all__ = [
     "ConnectFailed",

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 from urllib.request import getproxies_environment
 
-from app.http1_connection import ConnectFailed, Connection
+from app.http1.connection import ConnectFailed, Connection
 
 MAX_REPLY_HEAD = 16 * 1024  # a proxy's answer to CONNECT is a status line and a few headers
 
