@@ -8,8 +8,9 @@ owns, whatever happens.
 
 Memory per stream is bounded at both ends. A client that does not read makes `send` wait (the
 server's flow control), so the pump stops taking chunks and the upstream connection stops reading
-once its buffer is full (app/http1/connection.py's MAX_BUFFERED). And the scanner holds at most one unfinished
-event: one larger than `[upstream] max_event_bytes` cuts the stream as an upstream failure.
+once its buffer is full (MAX_BUFFERED in app/http1/connection.py). And the scanner holds at most
+one unfinished event: one larger than `[upstream] max_event_bytes` cuts the stream as an upstream
+failure.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ async def proxy_generation(request: Request, endpoint: str) -> Response:
         target = resolve(gateway.settings, route, client, body, request.headers)
         account.target(target)
         apply_target(target, body)
-        stream = body.get("stream") is True
+        stream = account.record.stream  # read from the body once, by the account
         drop_usage = endpoint == CHAT and stream and ask_for_stream_usage(body)
         gateway.limits.admit(client)
         content = _serialised(body)
