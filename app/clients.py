@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -19,10 +19,13 @@ BUDGET_PERIODS: tuple[BudgetPeriod, ...] = ("day", "week", "month", "total")
 # Names appear in reports, metrics labels and URLs (/admin/keys/NAME).
 CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 CLIENT_NAME_RULE = "1-64 characters: letters, digits and . _ @ -, starting with a letter or digit"
+# Cost tags (a client's own, X-Mavera-Tags, metadata.tags) are grouped by in reports.
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,63}$"
+MAX_TAGS = 16
 
 
 class ClientSpec(BaseModel):
-    """A client's settings: default persona, persona override permission, budget, rate limit."""
+    """A client's settings: default persona, override permission, budget, rate limits, share."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -31,6 +34,10 @@ class ClientSpec(BaseModel):
     credit_budget: int | None = Field(None, ge=0, le=10**12)
     budget_period: BudgetPeriod = "month"
     rpm: int | None = Field(None, gt=0, le=1_000_000)
+    max_concurrent: int | None = Field(None, gt=0, le=100_000)
+    # share of the gateway-wide rpm when demand exceeds it, relative to other clients' weights
+    weight: int = Field(1, gt=0, le=1000)
+    tags: tuple[Annotated[str, Field(pattern=TAG_PATTERN)], ...] = Field((), max_length=MAX_TAGS)
 
 
 class InvalidClientSpec(ValueError):

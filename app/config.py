@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import os
 import tomllib
+import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from app.clients import ClientSpec, check_client_name
+from app.clients import BudgetPeriod, ClientSpec, check_client_name
 
 DEFAULT_BASE_URL = "https://app.mavera.io/api/v1"
 DEFAULT_DATABASE_URL = "sqlite:///./mavera-gateway.db"
@@ -154,7 +155,37 @@ class LedgerSettings(_Section):
 
 
 class LimitsSettings(_Section):
+    timezone: str = "UTC"  # calendar budget periods (day, week, month) begin at midnight here
+    budget_reserve_credits: float = Field(5.0, ge=0)
+    gateway_credit_budget: int | None = Field(None, ge=0)
+    gateway_budget_period: BudgetPeriod = "month"
+    gateway_rpm: int | None = Field(None, gt=0, le=1_000_000)
+    queue_timeout_ms: int = Field(2000, ge=0, le=600_000)
     redis_url: str | None = None
+    on_shared_failure: Literal["fail_closed", "fail_open"] = "fail_closed"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}: use an IANA name such as UTC or Europe/Berlin"
+            ) from None
+        return value
+
+
+class AlertsSettings(_Section):
+    webhook_url: str | None = None
+    thresholds: tuple[float, ...] = (0.8, 1.0)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _fractions(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < t <= 10 for t in value):
+            raise ValueError("thresholds are fractions of a budget, such as 0.8 and 1.0")
+        return tuple(sorted(set(value)))
 
 
 class AdminSettings(_Section):
@@ -184,6 +215,7 @@ class Settings(BaseSettings):
     clients: dict[str, ClientSettings] = {}
     ledger: LedgerSettings = LedgerSettings()
     limits: LimitsSettings = LimitsSettings()
+    alerts: AlertsSettings = AlertsSettings()
     admin: AdminSettings = AdminSettings()
     metrics: MetricsSettings = MetricsSettings()
 

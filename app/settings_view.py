@@ -11,7 +11,12 @@ import orjson
 from app.config import Settings
 
 MASK = "********"
-_SECRETS = {("upstream", "api_key"), ("admin", "key"), ("metrics", "key")}
+_SECRETS = {
+    ("upstream", "api_key"),
+    ("admin", "key"),
+    ("metrics", "key"),
+    ("alerts", "webhook_url"),
+}
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
