@@ -33,7 +33,7 @@ PERIOD_WORDS = {"day": "daily", "week": "weekly", "month": "monthly", "total": "
 MAX_QUEUED = 1000  # alerts waiting to be sent; beyond this new ones are dropped (logged)
 ATTEMPTS = 7  # retries after 1, 2, 4, 8, 16 and 32 s (each 50-100% of that): a minute at most
 RETRY_BASE_S = 1.0
-POST_TIMEOUT_S = 10.0
+POST_TIMEOUT_S = 5.0  # per attempt; Slack answers in well under a second
 FLUSH_TIMEOUT_S = 3.0  # at shutdown, for what is still queued
 
 
@@ -181,10 +181,11 @@ class Alerts:
                 await self._queue.join()
         except TimeoutError:
             pass
+        unsent = self._unsent  # counted before the cancelled delivery, if any, counts itself out
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        if self._unsent:
-            logger.warning("%d budget alerts were not sent before shutdown", self._unsent)
+        if unsent:
+            logger.warning("%d budget alerts were not sent before shutdown", unsent)
 
     async def _run(self) -> None:
         while True:

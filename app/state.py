@@ -24,7 +24,7 @@ from app.upstream import Upstream
 logger = logging.getLogger("mavera_gateway.requests")
 
 PERSONAS_CACHE_TTL_S = 30.0
-RESTART_SECTIONS = ("server", "upstream", "ledger", "limits")
+RESTART_SECTIONS = ("server", "upstream", "ledger", "limits", "alerts")
 
 
 @dataclass

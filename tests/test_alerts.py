@@ -285,3 +285,20 @@ def test_a_webhook_url_that_is_not_http_is_refused_without_quoting_it() -> None:
         load_settings(alerts={"webhook_url": "hooks.slack.com/services/T0001/B0002/XsecretTOKENx"})
     assert "alerts.webhook_url" in str(caught.value)
     assert "XsecretTOKENx" not in str(caught.value)
+
+
+def test_shutdown_waits_briefly_then_says_what_was_not_sent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with receiver() as (seen, url):
+        seen.release.clear()  # the receiver holds every POST unanswered
+
+        async def main() -> None:
+            alerts = alerts_for(url)
+            alerts.start()
+            alerts.observe("alice", 100, 100, "month", DECEMBER)
+            await alerts.aclose(timeout_s=0.2)
+
+        run(main)
+        seen.release.set()
+    assert "2 budget alerts were not sent before shutdown" in caplog.text
