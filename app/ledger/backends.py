@@ -5,11 +5,23 @@ from __future__ import annotations
 from app.ledger.protocol import Ledger
 from app.ledger.sqlite import SqliteLedger
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
 
 def open_ledger(database_url: str) -> Ledger:
     """The ledger a database URL names (not yet connected)."""
     if database_url.startswith("sqlite:///"):
         return SqliteLedger(database_url)
+    if database_url.startswith(POSTGRES_SCHEMES):
+        try:  # the driver is an optional extra: the embedded SQLite default does without it
+            from app.ledger.postgres import PostgresLedger
+        except ImportError as exc:
+            raise RuntimeError(
+                "a postgresql:// ledger needs the PostgreSQL driver: "
+                f"pip install 'mavera-gateway[postgres]' ({exc})"
+            ) from None
+        return PostgresLedger(database_url)
     raise ValueError(
-        f"unsupported ledger database URL {database_url.split(':', 1)[0]!r}: use sqlite:///path"
+        f"unsupported ledger database URL {database_url.split(':', 1)[0]!r}: "
+        "use sqlite:///path or postgresql://user@host:port/db"
     )

@@ -256,7 +256,7 @@ class SqliteLedger:
         if not include_revoked:
             sql += " WHERE revoked_at IS NULL"
         rows = await asyncio.to_thread(self._read, sql + " ORDER BY created_at")
-        return [key for key in map(_stored_key, rows) if key is not None]
+        return [key for key in map(stored_key, rows) if key is not None]
 
     async def revoke_key(self, name: str, at: float) -> bool:
         """Revoke the client's active key; False if it had none."""
@@ -279,7 +279,8 @@ def _totals(row: tuple[Any, ...]) -> UsageTotals:
     return UsageTotals(group, requests, errors, 0 if credits is None else credits, *rest)
 
 
-def _stored_key(row: tuple[Any, ...]) -> StoredKey | None:
+def stored_key(row: tuple[Any, ...]) -> StoredKey | None:
+    """A gateway_keys row as a StoredKey; None (logged) if its settings no longer validate."""
     name, digest, persona, override, budget, period, rpm, created, revoked = row
     settings = {
         "persona_id": persona,
