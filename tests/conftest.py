@@ -97,9 +97,12 @@ def raw_query(database_url: str, sql: str) -> list[tuple[Any, ...]]:
     """Rows of one SQL statement on a connection of the test's own, SQLite or PostgreSQL."""
     if database_url.startswith(POSTGRES_SCHEMES):
         with psycopg.connect(database_url, autocommit=True) as pg:
-            return pg.execute(sql.encode()).fetchall()
+            cursor = pg.execute(sql.encode())
+            return cursor.fetchall() if cursor.description else []
     with contextlib.closing(sqlite3.connect(sqlite_path(database_url))) as db:
-        return db.execute(sql).fetchall()
+        rows = db.execute(sql).fetchall()
+        db.commit()
+        return rows
 
 
 POSTGRES_URL = os.environ.get(
