@@ -9,14 +9,13 @@ import json
 import re
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.cli import main
-from app.ledger.sqlite import SqliteLedger
 from app.records import UsageRecord
+from tests.conftest import LedgerUnderTest
 
 NOW = time.time()
 HOUR = 3600.0
@@ -34,10 +33,10 @@ COLUMNS = [
 
 
 @pytest.fixture
-def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    monkeypatch.setenv("MAVERA_GATEWAY_DATABASE_URL", url)
-    return url
+def database(store: LedgerUnderTest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The ledger the commands use (each test runs on SQLite and on PostgreSQL)."""
+    monkeypatch.setenv("MAVERA_GATEWAY_DATABASE_URL", store.url)
+    return store.url
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -81,10 +80,9 @@ OLDER = [
 
 
 @pytest.fixture
-def filled(database: str, ledger: SqliteLedger) -> str:
+def filled(database: str, store: LedgerUnderTest) -> str:
     """The configured database, holding RECENT and OLDER."""
-    assert ledger.path == database.removeprefix("sqlite:///")
-    ledger.write_sync([*RECENT, *OLDER])
+    store.write([*RECENT, *OLDER])
     return database
 
 
