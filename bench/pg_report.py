@@ -5,9 +5,10 @@
 Makes a schema of its own (`bench_report`), migrates it with the gateway's own ledger, fills it
 with `INSERT ... SELECT generate_series` (records spread evenly over 90 days, 50 clients, in
 time order as a gateway appends them), then runs the exact query `Ledger.usage_totals` sends
-for a 7-day and a 30-day window, by client and by day, under EXPLAIN (ANALYZE, BUFFERS), and
-times the whole report through the ledger as the CLI calls it. The schema is dropped at the end
-(`--keep` leaves it) so the rows do not stay on disk.
+for a 7-day and a 30-day window, by client and by day, under EXPLAIN (ANALYZE, BUFFERS): with
+the server's default settings, then with the ledger's report settings. It also times each
+whole report through the ledger as the CLI calls it. The schema is dropped at the end (`--keep`
+leaves it) so the rows do not stay on disk.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from urllib.parse import quote
 import psycopg
 
 from app import reports
-from app.ledger.postgres import PostgresLedger, totals_sql
+from app.ledger.postgres import REPORT_SETTINGS, PostgresLedger, totals_sql
 
 SCHEMA = "bench_report"
 DAY = 86400.0
@@ -69,10 +70,13 @@ def fill(url: str, rows: int, end: float) -> float:
     return time.perf_counter() - began
 
 
-def explain(url: str, by: str, days: int, end: float) -> str:
-    """EXPLAIN (ANALYZE, BUFFERS) of the report query for the last `days` days."""
+def explain(url: str, by: str, days: int, end: float, *, tuned: bool) -> str:
+    """EXPLAIN (ANALYZE, BUFFERS) of the report query for the last `days` days: with the
+    settings the ledger applies to a report (`tuned`), or with the server's defaults."""
     sql = "EXPLAIN (ANALYZE, BUFFERS) " + totals_sql(by)  # type: ignore[arg-type]
-    with psycopg.connect(schema_url(url), autocommit=True) as db:
+    with psycopg.connect(schema_url(url), autocommit=True) as db, db.transaction():
+        for setting in REPORT_SETTINGS if tuned else ():
+            db.execute(setting)
         rows = db.execute(sql.encode(), (end - days * DAY, end)).fetchall()
     return "\n".join(row[0] for row in rows)
 
@@ -106,7 +110,10 @@ def main() -> None:
         print(f"filled in {fill(args.url, args.rows, end):.1f} s")
         for by in ("client", "day"):
             for days in (7, 30):
-                print(f"\n## by {by}, last {days} days\n{explain(args.url, by, days, end)}")
+                for tuned in (False, True):
+                    how = "as the ledger runs it" if tuned else "server defaults"
+                    plan = explain(args.url, by, days, end, tuned=tuned)
+                    print(f"\n## by {by}, last {days} days, {how}\n{plan}")
                 seconds, groups = asyncio.run(timed_report(args.url, by, days, end))
                 print(f"report through the ledger: {seconds * 1000:.0f} ms, {groups} groups")
     finally:

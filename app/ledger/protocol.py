@@ -81,9 +81,7 @@ class Ledger(Protocol):
     async def spent_since(self, client: str, since: float) -> float:
         """Credits the client's requests received since `since` have cost, as far as known."""
 
-    async def usage_totals(
-        self, since: float, until: float, by: ReportGroup
-    ) -> list[UsageTotals]:
+    async def usage_totals(self, since: float, until: float, by: ReportGroup) -> list[UsageTotals]:
         """Per group, the totals of the records received in [since, until), summed in SQL."""
 
     async def records(

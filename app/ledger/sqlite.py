@@ -193,9 +193,7 @@ class SqliteLedger:
         )
         return float(rows[0][0])
 
-    async def usage_totals(
-        self, since: float, until: float, by: ReportGroup
-    ) -> list[UsageTotals]:
+    async def usage_totals(self, since: float, until: float, by: ReportGroup) -> list[UsageTotals]:
         """Per group, the totals of the records received in [since, until), summed in SQL."""
         sql = _TOTALS_SQL.format(group=_GROUP_EXPRESSIONS[by])
         rows = await asyncio.to_thread(self._read, sql, (since, until))
