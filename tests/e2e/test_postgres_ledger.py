@@ -1,0 +1,94 @@
+"""A gateway whose ledger and keys live in PostgreSQL, driven by the openai SDK."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+
+from app import reports
+from app.auth import issue_key
+from app.clients import ClientSpec
+from app.ledger.postgres import PostgresLedger
+from tests.conftest import GatewayFactory
+
+CLIENTS = ("ann", "bob")
+REQUESTS = 60
+HI = [{"role": "user", "content": "count me"}]
+
+
+async def _issue_keys(url: str) -> dict[str, str]:
+    ledger = PostgresLedger(url)
+    await ledger.open()
+    try:
+        return {name: await issue_key(ledger, name, ClientSpec()) for name in CLIENTS}
+    finally:
+        await ledger.close()
+
+
+async def _report(url: str) -> list[dict[str, object]]:
+    ledger = PostgresLedger(url)
+    await ledger.open()
+    try:
+        return await reports.summarize(ledger, since=0)
+    finally:
+        await ledger.close()
+
+
+def _request(client: openai.OpenAI, i: int) -> None:
+    """Request i: chat or responses, whole or streamed, under its own request id."""
+    headers = {"x-request-id": f"pg-{i:03d}"}
+    kind = i % 4
+    if kind == 0:
+        client.chat.completions.create(model="mavera-1", messages=HI, extra_headers=headers)  # type: ignore[arg-type]
+    elif kind == 1:
+        stream = client.chat.completions.create(
+            model="mavera-1",
+            messages=HI,  # type: ignore[arg-type]
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers=headers,
+        )
+        list(stream)
+    elif kind == 2:
+        client.responses.create(model="mavera-1", input="count me", extra_headers=headers)
+    else:
+        list(
+            client.responses.create(
+                model="mavera-1", input="count me", stream=True, extra_headers=headers
+            )
+        )
+
+
+def test_a_gateway_on_postgres_books_each_request_once_at_maveras_price(
+    make_gateway: GatewayFactory, postgres_url: str
+) -> None:
+    keys = asyncio.run(_issue_keys(postgres_url))
+    gateway = make_gateway(ledger={"database_url": postgres_url})
+    assert httpx.get(gateway.url + "/readyz", timeout=10).status_code == 200  # the ledger pings
+    sdk = {name: gateway.client(key) for name, key in keys.items()}
+    owner = {f"pg-{i:03d}": CLIENTS[i % 2] for i in range(REQUESTS)}
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: _request(sdk[CLIENTS[i % 2]], i), range(REQUESTS)))
+
+    rows = gateway.records()
+    assert Counter(r["request_id"] for r in rows) == Counter(owner.keys()), (
+        "not one record per request"
+    )
+    assert all(r["client"] == owner[r["request_id"]] and r["outcome"] == "ok" for r in rows)
+    charged: Counter[str] = Counter()
+    for seen in gateway.sim.records:
+        charged[owner[seen.headers["x-request-id"]]] += seen.credits_charged
+    recorded: Counter[str] = Counter()
+    for row in rows:
+        recorded[row["client"]] += row["credits_used"]
+    assert recorded == charged and sum(charged.values()) == gateway.sim.total_credits_charged() > 0
+
+    by_client = {row["client"]: row for row in asyncio.run(_report(postgres_url))}
+    assert {name: by_client[name]["credits"] for name in CLIENTS} == dict(charged)
+    assert {name: by_client[name]["requests"] for name in CLIENTS} == {
+        name: REQUESTS // 2 for name in CLIENTS
+    }
