@@ -181,11 +181,7 @@ class PostgresLedger:
                 await db.execute(setting)
             cursor = await db.execute(totals_sql(by), (since, until))
             rows = await cursor.fetchall()
-        totals = []
-        for group, requests, errors, credits, *counts, percentiles in rows:
-            p50, p95 = percentiles or (None, None)
-            totals.append(UsageTotals(group, requests, errors, credits or 0, *counts, p50, p95))
-        return totals
+        return [_totals(row) for row in rows]
 
     async def records(
         self, since: float, client: str | None, limit: int, offset: int
@@ -251,3 +247,11 @@ class PostgresLedger:
                 (at, name),
             )
             return cursor.rowcount > 0
+
+
+def _totals(row: tuple[Any, ...]) -> UsageTotals:
+    group, requests, errors, credits, unknown, input_tokens, output_tokens, percentiles = row
+    p50, p95 = percentiles or (None, None)
+    return UsageTotals(
+        group, requests, errors, credits or 0, unknown, input_tokens, output_tokens, p50, p95
+    )

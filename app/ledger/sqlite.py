@@ -21,7 +21,7 @@ import orjson
 from app.clients import InvalidClientSpec, parse_client_spec
 from app.ledger.migrations import MIGRATIONS
 from app.ledger.protocol import KeyExists, ReportGroup, StoredKey, UsageTotals
-from app.ledger.report_sql import TOTALS
+from app.ledger.report_sql import SQLITE_TOTALS
 from app.records import COLUMNS, UsageRecord
 
 logger = logging.getLogger("mavera_gateway.ledger")
@@ -48,27 +48,6 @@ _GROUP_EXPRESSIONS: dict[ReportGroup, str] = {
     "endpoint": "endpoint",
     "day": "strftime('%Y-%m-%d', received_at, 'unixepoch')",
 }
-# SQLite has no percentile aggregate: rank each group's latencies and interpolate between the
-# two closest ranks with the arithmetic of Python's statistics.quantiles(method="inclusive").
-_PICK = (
-    "MAX(CASE WHEN i = {p} * (m - 1) / 100 THEN v END) AS lo{p}, "
-    "MAX(CASE WHEN i = {p} * (m - 1) / 100 + 1 THEN v END) AS hi{p}"
-)
-_INTERPOLATE = (
-    "CASE WHEN p.m = 1 THEN p.lo{p} ELSE (p.lo{p} * (100 - {p} * (p.m - 1) % 100) "
-    "+ p.hi{p} * ({p} * (p.m - 1) % 100)) / 100.0 END"
-)
-_TOTALS_SQL = (
-    "WITH base AS (SELECT {group} AS g, * FROM usage_records "
-    "WHERE received_at >= ? AND received_at < ?), "
-    f"totals AS (SELECT g, {TOTALS} FROM base GROUP BY g), "
-    "ranked AS (SELECT g, latency_ms AS v, COUNT(*) OVER (PARTITION BY g) AS m, "
-    "ROW_NUMBER() OVER (PARTITION BY g ORDER BY latency_ms) - 1 AS i "
-    "FROM base WHERE latency_ms IS NOT NULL), "
-    f"picks AS (SELECT g, m, {_PICK.format(p=50)}, {_PICK.format(p=95)} FROM ranked GROUP BY g, m) "
-    f"SELECT t.*, {_INTERPOLATE.format(p=50)}, {_INTERPOLATE.format(p=95)} "
-    "FROM totals t LEFT JOIN picks p ON p.g IS t.g"
-)
 _KEY_COLUMNS = (
     "name, key_sha256, persona_id, allow_persona_override, credit_budget, budget_period, rpm, "
     "created_at, revoked_at"
@@ -195,7 +174,7 @@ class SqliteLedger:
 
     async def usage_totals(self, since: float, until: float, by: ReportGroup) -> list[UsageTotals]:
         """Per group, the totals of the records received in [since, until), summed in SQL."""
-        sql = _TOTALS_SQL.format(group=_GROUP_EXPRESSIONS[by])
+        sql = SQLITE_TOTALS.format(group=_GROUP_EXPRESSIONS[by])
         rows = await asyncio.to_thread(self._read, sql, (since, until))
         return [_totals(row) for row in rows]
 
