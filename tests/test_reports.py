@@ -10,6 +10,8 @@ import io
 import json
 import re
 import sqlite3
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -560,6 +562,28 @@ def test_replicas_starting_together_migrate_once(postgres_url: str) -> None:
     )
     definitions = " ".join(definition for (definition,) in indexes)
     assert "(client, received_at)" in definitions and "(received_at)" in definitions
+
+
+_WITHOUT_PSYCOPG = """
+import sys
+sys.modules["psycopg"] = None  # as if the [postgres] extra were not installed
+from app.cli import main
+from app.ledger.backends import open_ledger
+from app.server import create_app
+open_ledger("sqlite:///:memory:")
+try:
+    open_ledger("postgresql://postgres@127.0.0.1:5432/test")
+except RuntimeError as exc:
+    print(exc)
+"""
+
+
+def test_sqlite_needs_no_driver_and_postgres_names_the_extra() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_PSYCOPG], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'mavera-gateway[postgres]'" in done.stdout
 
 
 def test_the_description_names_the_database_without_its_password() -> None:
