@@ -28,7 +28,7 @@ from app.records import COLUMNS, UsageRecord
 logger = logging.getLogger("mavera_gateway.ledger")
 
 POOL_MAX = 4  # the writer, budget and key reads, a report, /readyz: never more at once
-CONNECT_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 10.0  # to connect, or to get a connection of the pool
 PING_TIMEOUT_S = 1.0
 # pg_advisory_xact_lock key: the same in every replica, unlikely to collide with other apps'
 MIGRATION_LOCK = 0x6D61766572616C67  # "maveralg"
@@ -94,7 +94,8 @@ class PostgresLedger:
             self.url,
             min_size=1,
             max_size=POOL_MAX,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT_S)},
+            timeout=CONNECT_TIMEOUT_S,  # a call waits this long for a connection, then fails
             open=False,
             name="mavera-ledger",
         )

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +17,7 @@ from app import reports
 from app.auth import issue_key
 from app.clients import ClientSpec
 from app.ledger.postgres import PostgresLedger
-from tests.conftest import GatewayFactory
+from tests.conftest import GatewayFactory, free_port, raw_query
 
 CLIENTS = ("ann", "bob")
 REQUESTS = 60
@@ -92,3 +96,82 @@ def test_a_gateway_on_postgres_books_each_request_once_at_maveras_price(
     assert {name: by_client[name]["requests"] for name in CLIENTS} == {
         name: REQUESTS // 2 for name in CLIENTS
     }
+
+
+class _Relay:
+    """A TCP relay from a loopback port to the real PostgreSQL, that can cut every connection
+    (as a network partition or a database restart would) and come back on the same port."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sockets: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen()
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            server = socket.create_connection(("127.0.0.1", 5432))
+            self.sockets += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        assert self.listener is not None
+        self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (close alone would not)
+        self.listener.close()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self.sockets.clear()
+
+
+def test_records_made_while_postgres_is_unreachable_arrive_once_it_is_back(
+    make_gateway: GatewayFactory, postgres_url: str
+) -> None:
+    relay = _Relay(free_port())
+    relay.start()
+    url = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}")
+    gateway = make_gateway(ledger={"database_url": url})
+    client = gateway.client()
+    for i in range(3):
+        _request(client, i)
+    assert len(gateway.records()) == 3
+
+    relay.cut()
+    for i in range(3, 13):
+        _request(client, i)  # still served: batched durability keeps the records in memory
+    deadline = time.monotonic() + 30
+    while (ready := httpx.get(gateway.url + "/readyz", timeout=10)).status_code == 200:
+        assert time.monotonic() < deadline, "/readyz never noticed the ledger was gone"
+        time.sleep(0.1)
+    assert "ledger" in ready.text
+
+    relay.start()
+    gateway.flush(timeout_s=60)  # the writer retries with backoff, the pool reconnects
+    rows = raw_query(postgres_url, "SELECT request_id, credits_used FROM usage_records")
+    assert Counter(request_id for request_id, _ in rows) == Counter(
+        f"pg-{i:03d}" for i in range(13)
+    )
+    assert sum(credits for _, credits in rows) == gateway.sim.total_credits_charged() > 0
+    assert httpx.get(gateway.url + "/readyz", timeout=10).status_code == 200
+    relay.cut()
