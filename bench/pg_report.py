@@ -99,23 +99,38 @@ def main() -> None:
     parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--keep", action="store_true", help="leave the bench schema in place")
+    parser.add_argument(
+        "--reuse", action="store_true", help="use the rows a --keep run left instead of filling"
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="timed reports per query")
     args = parser.parse_args()
     end = time.time()
-    with psycopg.connect(args.url, autocommit=True) as db:
-        db.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
-        db.execute(f"CREATE SCHEMA {SCHEMA}")
+    if args.reuse:
+        with psycopg.connect(schema_url(args.url), autocommit=True) as db:
+            end = db.execute("SELECT max(received_at) FROM usage_records").fetchone()[0] + 1
+    else:
+        with psycopg.connect(args.url, autocommit=True) as db:
+            db.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+            db.execute(f"CREATE SCHEMA {SCHEMA}")
     try:
-        asyncio.run(migrate(args.url))
-        print(f"filling {args.rows:,} rows over {SPAN_DAYS} days")
-        print(f"filled in {fill(args.url, args.rows, end):.1f} s")
+        if not args.reuse:
+            asyncio.run(migrate(args.url))
+            print(f"filling {args.rows:,} rows over {SPAN_DAYS} days")
+            print(f"filled in {fill(args.url, args.rows, end):.1f} s")
         for by in ("client", "day"):
             for days in (7, 30):
                 for tuned in (False, True):
                     how = "as the ledger runs it" if tuned else "server defaults"
                     plan = explain(args.url, by, days, end, tuned=tuned)
                     print(f"\n## by {by}, last {days} days, {how}\n{plan}")
-                seconds, groups = asyncio.run(timed_report(args.url, by, days, end))
-                print(f"report through the ledger: {seconds * 1000:.0f} ms, {groups} groups")
+                runs = [
+                    asyncio.run(timed_report(args.url, by, days, end)) for _ in range(args.repeat)
+                ]
+                times = sorted(seconds * 1000 for seconds, _ in runs)
+                print(
+                    f"report through the ledger, {args.repeat} runs: fastest {times[0]:.0f} ms, "
+                    f"median {times[len(times) // 2]:.0f} ms, {runs[0][1]} groups"
+                )
     finally:
         if not args.keep:
             with psycopg.connect(args.url, autocommit=True) as db:
