@@ -348,6 +348,13 @@ def test_view_masks_the_proxy_password(monkeypatch: pytest.MonkeyPatch) -> None:
     assert tomllib.loads(out)["upstream"]["proxy_url"] == f"http://ops:{MASK}@proxy.corp:3128"
 
 
+def test_view_masks_the_database_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAVERA_GATEWAY_DATABASE_URL", "postgresql://gw:pg-s3cret@db:5432/usage")
+    out = effective_config_toml(load_settings())
+    assert "pg-s3cret" not in out
+    assert tomllib.loads(out)["ledger"]["database_url"] == f"postgresql://gw:{MASK}@db:5432/usage"
+
+
 def test_view_says_unset_secrets_are_unset() -> None:
     out = effective_config_toml(Settings())
     parsed = tomllib.loads(out)
