@@ -14,7 +14,7 @@ from app.auth import issue_key
 from app.clients import BUDGET_PERIODS, InvalidClientSpec, parse_client_spec
 from app.config import ConfigError, Settings, load_settings
 from app.ledger.backends import open_ledger
-from app.ledger.protocol import KeyExists, Ledger
+from app.ledger.protocol import KeyExists, Ledger, LedgerUnavailable
 from app.reports import GROUPS, parse_time, render, summarize
 from app.runner import StartupRefused, serve, simulate
 from app.settings_view import effective_config_toml
@@ -90,7 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (ConfigError, StartupRefused, KeyExists, InvalidClientSpec, ValueError) as exc:
+    except (
+        ConfigError,
+        StartupRefused,
+        KeyExists,
+        LedgerUnavailable,
+        InvalidClientSpec,
+        ValueError,
+    ) as exc:
         print(f"mavera-gateway: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like

@@ -15,7 +15,7 @@ import pytest
 
 from app.cli import main
 from app.records import UsageRecord
-from tests.conftest import LedgerUnderTest
+from tests.conftest import LedgerUnderTest, free_port
 
 NOW = time.time()
 HOUR = 3600.0
@@ -291,3 +291,15 @@ def test_usage_bad_grouping_is_an_argument_error(
         main(["usage", "--by", "colour"])
     assert exited.value.code == 2
     assert "colour" in capsys.readouterr().err
+
+
+def test_an_unreachable_postgres_ledger_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()  # nobody listens there
+    url = f"postgresql://gw:pg-s3cret@127.0.0.1:{port}/usage"
+    monkeypatch.setenv("MAVERA_GATEWAY_DATABASE_URL", url)
+    code, out, err = run(capsys, "usage")
+    assert code == 2 and out == ""
+    assert f"cannot connect to the PostgreSQL database 127.0.0.1:{port}/usage" in err
+    assert "pg-s3cret" not in err

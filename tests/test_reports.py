@@ -569,11 +569,12 @@ import sys
 sys.modules["psycopg"] = None  # as if the [postgres] extra were not installed
 from app.cli import main
 from app.ledger.backends import open_ledger
+from app.ledger.protocol import LedgerUnavailable
 from app.server import create_app
 open_ledger("sqlite:///:memory:")
 try:
     open_ledger("postgresql://postgres@127.0.0.1:5432/test")
-except RuntimeError as exc:
+except LedgerUnavailable as exc:
     print(exc)
 """
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.ledger.protocol import Ledger
+from app.ledger.protocol import Ledger, LedgerUnavailable
 from app.ledger.sqlite import SqliteLedger
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -16,7 +16,7 @@ def open_ledger(database_url: str) -> Ledger:
         try:  # the driver is an optional extra: the embedded SQLite default does without it
             from app.ledger.postgres import PostgresLedger
         except ImportError as exc:
-            raise RuntimeError(
+            raise LedgerUnavailable(
                 "a postgresql:// ledger needs the PostgreSQL driver: "
                 f"pip install 'mavera-gateway[postgres]' ({exc})"
             ) from None

@@ -20,7 +20,13 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from app.ledger.migrations import MIGRATIONS
-from app.ledger.protocol import KeyExists, ReportGroup, StoredKey, UsageTotals
+from app.ledger.protocol import (
+    KeyExists,
+    LedgerUnavailable,
+    ReportGroup,
+    StoredKey,
+    UsageTotals,
+)
 from app.ledger.report_sql import TOTALS
 from app.ledger.sqlite import stored_key
 from app.records import COLUMNS, UsageRecord
@@ -89,6 +95,13 @@ class PostgresLedger:
         """Connect the pool and apply pending migrations."""
         if self._pool is not None:
             return
+        try:  # once directly, so that a failure says why rather than "pool timeout"
+            probe = await psycopg.AsyncConnection.connect(
+                self.url, connect_timeout=int(CONNECT_TIMEOUT_S)
+            )
+        except psycopg.OperationalError as exc:
+            raise LedgerUnavailable(f"cannot connect to the {self.description}: {exc}") from None
+        await probe.close()
         pool = AsyncConnectionPool(
             self.url,
             min_size=1,

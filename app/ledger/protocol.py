@@ -61,6 +61,10 @@ class KeyExists(Exception):
     """An active key already has that client name."""
 
 
+class LedgerUnavailable(Exception):
+    """The ledger database cannot be used (unreachable, or its driver missing); says why."""
+
+
 class Ledger(Protocol):
     """Durable storage of usage records and gateway keys."""
 
