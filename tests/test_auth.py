@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import time
@@ -14,8 +15,9 @@ from app.auth import KeyStore, issue_key, key_digest, new_key
 from app.clients import LOCAL_CLIENT, Client, ClientSpec, InvalidClientSpec
 from app.config import ClientSettings
 from app.errors import InvalidApiKey
+from app.ledger.postgres import PostgresLedger
 from app.ledger.protocol import KeyExists, StoredKey
-from tests.conftest import LedgerUnderTest
+from tests.conftest import LedgerUnderTest, raw_query
 
 KEY_SHAPE = re.compile(r"^mgw_[A-Za-z0-9_-]{32,}$")
 
@@ -267,3 +269,25 @@ def test_a_stored_row_that_no_longer_validates_is_left_out_loudly(
     )
     assert [k.name for k in list_keys(store)] == ["good"]
     assert any("carol" in line and "ignored" in line for line in no_key_in_logs.lines)
+
+
+def test_replicas_creating_the_same_client_at_once_store_one_key(postgres_url: str) -> None:
+    async def race() -> list[str | BaseException]:
+        ledgers = [PostgresLedger(postgres_url) for _ in range(4)]
+        for ledger in ledgers:
+            await ledger.open()
+        try:
+            return await asyncio.gather(
+                *(issue_key(ledger, "alice", ClientSpec()) for ledger in ledgers),
+                return_exceptions=True,
+            )
+        finally:
+            for ledger in ledgers:
+                await ledger.close()
+
+    outcomes = asyncio.run(race())
+    created = [key for key in outcomes if isinstance(key, str)]
+    assert len(created) == 1
+    assert all(isinstance(o, KeyExists) for o in outcomes if not isinstance(o, str))
+    (digest,) = raw_query(postgres_url, "SELECT key_sha256 FROM gateway_keys")
+    assert digest == (key_digest(created[0]),)

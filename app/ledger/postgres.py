@@ -57,7 +57,7 @@ _TOTALS_SQL = (
     "percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY latency_ms) "
     "FROM usage_records WHERE received_at >= %s AND received_at < %s GROUP BY 1"
 )
-# A report is not JIT-compiled: on 10 M rows compiling cost 0.2-1.3 s and saved less
+# A report is not JIT-compiled: on 10 M rows compiling cost 0.07-1.9 s and saved less
 # (docs/scaling.md has the plans).
 REPORT_SETTINGS = ("SET LOCAL jit = off",)
 _KEY_COLUMNS = (
@@ -111,8 +111,8 @@ class PostgresLedger:
             open=False,
             name="mavera-ledger",
         )
-        await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
         try:
+            await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
             await self._migrate(pool)
         except BaseException:
             await pool.close()
