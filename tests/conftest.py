@@ -16,11 +16,13 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import openai
 import psycopg
 import pytest
 import trustme
+from psycopg.conninfo import conninfo_to_dict
 
 from app.background import BackgroundServer
 from app.config import Settings
@@ -108,6 +110,19 @@ def raw_query(database_url: str, sql: str) -> list[tuple[Any, ...]]:
 POSTGRES_URL = os.environ.get(
     "GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
+
+
+_POSTGRES = conninfo_to_dict(POSTGRES_URL)
+POSTGRES_ADDRESS = (str(_POSTGRES.get("host") or "127.0.0.1"), int(_POSTGRES.get("port") or 5432))
+
+
+def through_port(url: str, port: int) -> str:
+    """The URL `url` with its server replaced by 127.0.0.1:`port` (a relay in front of it)."""
+    parts = urlsplit(url)
+    user = parts.netloc.rpartition("@")[0]
+    return urlunsplit(
+        parts._replace(netloc=f"{user}@127.0.0.1:{port}" if user else f"127.0.0.1:{port}")
+    )
 
 
 def _postgres_or_skip() -> None:

@@ -23,7 +23,7 @@ from app.ledger.backends import open_ledger
 from app.ledger.postgres import PostgresLedger
 from app.records import COLUMNS, UsageRecord
 from app.reports import parse_time, render
-from tests.conftest import LedgerUnderTest, raw_query
+from tests.conftest import POSTGRES_ADDRESS, LedgerUnderTest, raw_query, through_port
 
 
 def utc(*parts: int) -> float:
@@ -597,7 +597,7 @@ async def _forward(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, opened: list[asyncio.StreamWriter]
 ) -> None:
     """One TCP connection relayed to the real PostgreSQL, until either side closes."""
-    up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 5432)
+    up_reader, up_writer = await asyncio.open_connection(*POSTGRES_ADDRESS)
     opened += [writer, up_writer]
 
     async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
@@ -617,7 +617,7 @@ def test_a_postgres_gone_away_is_not_ready(postgres_url: str) -> None:
         opened: list[asyncio.StreamWriter] = []
         relay = await asyncio.start_server(lambda r, w: _forward(r, w, opened), "127.0.0.1", 0)
         port = relay.sockets[0].getsockname()[1]
-        ledger = PostgresLedger(postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{port}"))
+        ledger = PostgresLedger(through_port(postgres_url, port))
         await ledger.open()
         try:
             before = await ledger.ping()

@@ -17,7 +17,7 @@ from app import reports
 from app.auth import issue_key
 from app.clients import ClientSpec
 from app.ledger.postgres import PostgresLedger
-from tests.conftest import GatewayFactory, free_port, raw_query
+from tests.conftest import POSTGRES_ADDRESS, GatewayFactory, free_port, raw_query, through_port
 
 CLIENTS = ("ann", "bob")
 REQUESTS = 60
@@ -121,7 +121,7 @@ class _Relay:
                 client, _ = listener.accept()
             except OSError:
                 return  # cut
-            server = socket.create_connection(("127.0.0.1", 5432))
+            server = socket.create_connection(POSTGRES_ADDRESS)
             self.sockets += [client, server]
             for source, sink in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
@@ -150,7 +150,7 @@ def test_records_made_while_postgres_is_unreachable_arrive_once_it_is_back(
 ) -> None:
     relay = _Relay(free_port())
     relay.start()
-    url = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}")
+    url = through_port(postgres_url, relay.port)
     gateway = make_gateway(ledger={"database_url": url})
     client = gateway.client()
     for i in range(3):
