@@ -121,7 +121,11 @@ def verdict(result: dict[str, Any]) -> str:
         return (
             f"Mavera billed {difference} more credits than the gateway recorded: spent outside "
             "this gateway, or by requests with unknown cost"
-            + (f" ({unknown} in this period, listed below)." if unknown else " (none here).")
+            + (
+                f" ({unknown} in this period, listed below)."
+                if unknown
+                else " (the ledger has none this period)."
+            )
         )
     return (
         f"the gateway recorded {-difference} more credits than Mavera billed: Mavera may not "
