@@ -150,16 +150,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         print(render(rows, args.format))
         note = footnote(args.by)
-        if note and rows:
-            # below a table; on stderr for JSON and CSV, which scripts parse
-            print(("\n" if args.format == "table" else "") + note, file=_note_stream(args.format))
+        if note and rows and args.format == "table":
+            print("\n" + note)
+        elif note and rows:  # JSON and CSV are for scripts: the note goes beside them
+            print(note, file=sys.stderr)
     elif args.command == "reconcile":
         return _reconcile(settings, args.format)
     return 0
-
-
-def _note_stream(fmt: str) -> Any:
-    return sys.stdout if fmt == "table" else sys.stderr
 
 
 def _reconcile(settings: Settings, fmt: str) -> int:

@@ -94,7 +94,11 @@ class Ledger(Protocol):
         """Whether the storage answers now."""
 
     async def write(self, records: list[UsageRecord]) -> None:
-        """Store a batch; idempotent on record id, so a retried batch never double-counts."""
+        """Store a batch; idempotent on record id, so a retried batch never double-counts.
+
+        A record's `tags` (comma-joined) are stored in its row and, one row per tag, in
+        `record_tags(record_id, tag)`, which `usage_rows(by="tag")` joins.
+        """
 
     async def spent_since(self, client: str, since: float) -> float:
         """Credits the client's requests received since `since` have cost, as far as known."""
