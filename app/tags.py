@@ -20,16 +20,16 @@ _TAG = re.compile(TAG_PATTERN)
 
 
 def request_tags(
-    headers: Mapping[str, str], body: Mapping[str, Any], own: Iterable[str] = ()
+    headers: Iterable[str], body: Mapping[str, Any], own: Iterable[str] = ()
 ) -> str | None:
     """The request's tags, comma-joined in order without repeats (None for none).
 
-    The client's own tags come first, then the header's, then `metadata.tags`. A tag that
-    breaks the rule, or more than MAX_TAGS in all, is a 400 that names the tag and the rule.
+    `headers` are the values of every `X-Mavera-Tags` header the request carried. The client's
+    own tags come first, then the headers', then `metadata.tags`. A tag that breaks the rule,
+    or more than MAX_TAGS in all, is a 400 that names the tag and the rule.
     """
     tags = dict.fromkeys(own)
-    header = headers.get(TAGS_HEADER)
-    if header is not None:
+    for header in headers:
         tags.update(dict.fromkeys(_checked(_split(header), "X-Mavera-Tags")))
     metadata = body.get("metadata")
     in_metadata = isinstance(metadata, dict) and "tags" in metadata

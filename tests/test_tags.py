@@ -12,7 +12,7 @@ from app.tags import TAG_RULE, request_tags
 
 
 def tags(header: str | None = None, metadata: Any = None, own: tuple[str, ...] = ()) -> Any:
-    headers = {} if header is None else {"x-mavera-tags": header}
+    headers = [] if header is None else [header]
     body = {} if metadata is None else {"metadata": metadata}
     return request_tags(headers, body, own)
 
@@ -26,6 +26,10 @@ def test_no_tags_anywhere_is_none() -> None:
 def test_own_then_header_then_metadata_without_repeats() -> None:
     got = tags(header="proj-a, exp-1", metadata={"tags": "exp-1,team:ml"}, own=("team-x",))
     assert got == "team-x,proj-a,exp-1,team:ml"
+
+
+def test_every_header_counts() -> None:
+    assert request_tags(["a,b", "c"], {}) == "a,b,c"
 
 
 def test_metadata_tags_may_be_a_json_array() -> None:
