@@ -264,3 +264,20 @@ def _eventually_up(url: str) -> None:
         except httpx.TransportError:
             assert time.monotonic() < deadline, f"nothing answered at {url}"
             time.sleep(0.1)
+
+
+def test_a_mavera_4xx_on_usage_is_passed_on(
+    make_gateway: GatewayFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gateway = make_gateway(admin={"key": ADMIN_KEY})
+    gateway.sim.rpm = 1
+    gateway.client().chat.completions.create(model="mavera-1", messages=HI)
+    response = _reconcile(gateway)
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 1 <= int(response.headers["retry-after"]) <= 60
+    code, out, err = _cli(capsys, monkeypatch, gateway)
+    assert (code, out) == (1, "")
+    assert "cannot reconcile: Mavera answered GET /usage with 429" in err
