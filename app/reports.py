@@ -23,6 +23,7 @@ from app.records import cost_unknown
 GROUPS: tuple[ReportGroup, ...] = REPORT_GROUPS
 # Groups where a missing value is a choice the caller made (no tag, no `user` sent), shown so.
 _NONE_SHOWN = {"tag": "(none)", "end_user": "(none)"}
+_TEXT_COLUMNS = {"persona_name"}
 TAG_FOOTNOTE = (
     "A request with several tags counts under each of them, so the column totals exceed "
     "the real total; untagged requests are under (none)."
@@ -156,15 +157,17 @@ def _table(rows: list[dict[str, Any]]) -> str:
     headers = list(rows[0])
     cells = [[_cell(row[h]) for h in headers] for row in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-    lines = [_line(headers, widths), _line(["-" * w for w in widths], widths)]
-    lines += [_line(c, widths) for c in cells]
+    # the group and names read left to right; numbers line up on the right
+    left = [i == 0 or h in _TEXT_COLUMNS for i, h in enumerate(headers)]
+    lines = [_line(headers, widths, left), _line(["-" * w for w in widths], widths, left)]
+    lines += [_line(c, widths, left) for c in cells]
     return "\n".join(lines)
 
 
-def _line(values: Iterable[str], widths: list[int]) -> str:
+def _line(values: Iterable[str], widths: list[int], left: list[bool]) -> str:
     parts = [
-        v.ljust(w) if i == 0 else v.rjust(w)
-        for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        v.ljust(w) if flush else v.rjust(w)
+        for v, w, flush in zip(values, widths, left, strict=True)
     ]
     return "  ".join(parts).rstrip()
 

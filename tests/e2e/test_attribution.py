@@ -207,6 +207,7 @@ def test_persona_names_are_read_at_start_and_shown_in_reports(
     header, _, first, second = out.splitlines()[:4]
     assert header.split()[:2] == ["persona", "persona_name"]
     assert first.startswith(DEFAULT_PERSONA) and NAMES[DEFAULT_PERSONA] in first
+    assert first.index(NAMES[DEFAULT_PERSONA]) == header.index("persona_name"), "left-aligned"
     assert second.startswith(PERSONAS[1]) and NAMES[PERSONAS[1]] in second
 
 
