@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -43,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-open", action="store_true", help="allow a non-loopback bind with no client keys"
     )
     serve_cmd.add_argument("--log-format", choices=["text", "json"], help="log line format")
+    serve_cmd.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="worker processes sharing the port (default 1; limits then need Redis)",
+    )
 
     sim_cmd = commands.add_parser("simulate", help="run the Mavera simulator alone")
     sim_cmd.add_argument("--host", default="127.0.0.1")
@@ -99,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def _config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML config file (default: $MAVERA_GATEWAY_CONFIG)")
 
@@ -133,10 +147,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     settings = load_settings(args.config, **_overrides(args))
     if args.command == "serve":
-        serve(
+        return serve(
             settings,
             simulate=args.simulate,
-            reload_settings=lambda: load_settings(args.config, **_overrides(args)),
+            # a partial, not a lambda: with --workers it is pickled into each worker
+            reload_settings=functools.partial(load_settings, args.config, **_overrides(args)),
+            workers=args.workers,
         )
     elif args.command == "check-config":
         print(effective_config_toml(settings))
