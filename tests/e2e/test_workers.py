@@ -20,7 +20,7 @@ import pytest
 
 from app.config import Settings
 from app.workers import limits_need_sharing
-from tests.conftest import free_port, ledger_rows
+from tests.conftest import PERSONAS, free_port, ledger_rows
 from tests.e2e.test_shutdown import StreamReader
 from tests.processes import (
     GatewayProcess,
@@ -186,3 +186,24 @@ def test_limits_need_sharing_names_client_and_gateway_limits(tmp_path: Path) -> 
     )
     assert limits_need_sharing(settings) == ["clients.a.rpm", "clients.b.credit_budget"]
     assert limits_need_sharing(Settings()) == []
+
+
+def test_sighup_reloads_the_config_in_every_worker(spawn: Any, tmp_path: Path) -> None:
+    gateway, _ = _workers(spawn, tmp_path)
+    config = tmp_path / "gateway.toml"
+    persona = PERSONAS[1]  # --simulate started with the first
+    config.write_text(config.read_text() + f'\n[defaults]\npersona_id = "{persona}"\n')
+    assert gateway.proc is not None
+    gateway.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 15
+    while gateway.log().count("config reloaded on SIGHUP") < 2:
+        assert time.monotonic() < deadline, gateway.log()
+        time.sleep(0.05)
+    body = {"model": "mavera-1", "messages": [{"role": "user", "content": "hi"}]}
+    for _ in range(STREAMS):  # a new connection each: both workers answer some
+        answer = httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=10)
+        assert answer.status_code == 200, answer.text
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert gateway.proc.wait(timeout=15) == 0, gateway.log()
+    rows = ledger_rows(f"sqlite:///{tmp_path / 'ledger.db'}")
+    assert [row["persona_id"] for row in rows] == [persona] * STREAMS
