@@ -176,15 +176,24 @@ def test_several_workers_with_limits_and_no_redis_are_refused(spawn: Any, tmp_pa
 
 
 def test_limits_need_sharing_names_client_and_gateway_limits(tmp_path: Path) -> None:
-    digest = hashlib.sha256(b"k").hexdigest()
+    def digest(key: bytes) -> str:
+        return hashlib.sha256(key).hexdigest()
+
     settings = Settings(
         clients={
-            "b": {"key_sha256": digest, "credit_budget": 5},
-            "a": {"key_sha256": hashlib.sha256(b"a").hexdigest(), "rpm": 10},
-            "open": {"key_sha256": hashlib.sha256(b"o").hexdigest(), "persona_id": "p"},
-        }
+            "b": {"key_sha256": digest(b"b"), "credit_budget": 5, "max_concurrent": 2},
+            "a": {"key_sha256": digest(b"a"), "rpm": 10},
+            "open": {"key_sha256": digest(b"o"), "persona_id": "p", "weight": 3},
+        },
+        limits={"gateway_rpm": 600, "gateway_credit_budget": 10_000},
     )
-    assert limits_need_sharing(settings) == ["clients.a.rpm", "clients.b.credit_budget"]
+    assert limits_need_sharing(settings) == [
+        "clients.a.rpm",
+        "clients.b.credit_budget",
+        "clients.b.max_concurrent",
+        "limits.gateway_rpm",
+        "limits.gateway_credit_budget",
+    ]
     assert limits_need_sharing(Settings()) == []
 
 
