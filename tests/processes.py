@@ -84,7 +84,8 @@ _WORKER_READY = re.compile(r"worker (\d+) of (\d+) ready \(pid (\d+)\)")
 
 
 def ready_workers(process: GatewayProcess, count: int, timeout_s: float = 60.0) -> list[int]:
-    """The pids of a `serve --workers` gateway's workers, from its log, once all are ready."""
+    """The pids of a `serve --workers` gateway's workers (worker 1 first), from its log, once all
+    are ready."""
     assert process.proc is not None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -92,7 +93,7 @@ def ready_workers(process: GatewayProcess, count: int, timeout_s: float = 60.0) 
             pytest.fail(f"gateway exited with {process.proc.returncode}:\n{process.log()}")
         found = _WORKER_READY.findall(process.log())
         if len(found) == count:
-            return [int(pid) for _, _, pid in found]
+            return [int(pid) for _, _, pid in sorted(found, key=lambda f: int(f[0]))]
         time.sleep(0.1)
     pytest.fail(f"{count} workers not ready within {timeout_s} s:\n{process.log()}")
 
