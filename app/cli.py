@@ -33,23 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve_cmd = commands.add_parser("serve", help="run the gateway")
-    _config_option(serve_cmd)
-    serve_cmd.add_argument("--host", help="bind address (default 127.0.0.1)")
-    serve_cmd.add_argument("--port", type=int, help="port (default 8080)")
-    serve_cmd.add_argument(
-        "--simulate", action="store_true", help="use the built-in Mavera simulator"
-    )
-    serve_cmd.add_argument(
-        "--allow-open", action="store_true", help="allow a non-loopback bind with no client keys"
-    )
-    serve_cmd.add_argument("--log-format", choices=["text", "json"], help="log line format")
-    serve_cmd.add_argument(
-        "--workers",
-        type=_positive,
-        default=1,
-        help="worker processes sharing the port (default 1; limits then need Redis)",
-    )
+    _serve_parser(commands)
 
     sim_cmd = commands.add_parser("simulate", help="run the Mavera simulator alone")
     sim_cmd.add_argument("--host", default="127.0.0.1")
@@ -104,6 +88,26 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile_cmd.add_argument("--format", choices=["table", "json"], default="table")
     _config_option(reconcile_cmd)
     return parser
+
+
+def _serve_parser(commands: Any) -> None:
+    serve_cmd = commands.add_parser("serve", help="run the gateway")
+    _config_option(serve_cmd)
+    serve_cmd.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve_cmd.add_argument("--port", type=int, help="port (default 8080)")
+    serve_cmd.add_argument(
+        "--simulate", action="store_true", help="use the built-in Mavera simulator"
+    )
+    serve_cmd.add_argument(
+        "--allow-open", action="store_true", help="allow a non-loopback bind with no client keys"
+    )
+    serve_cmd.add_argument("--log-format", choices=["text", "json"], help="log line format")
+    serve_cmd.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="worker processes sharing the port (default 1; limits then need Redis)",
+    )
 
 
 def _positive(text: str) -> int:

@@ -19,7 +19,7 @@ from app.config import Settings
 from app.ledger.backends import open_ledger
 from app.logs import configure_logging
 from app.simulator import SimScript, Simulator, persona_ids
-from app.workers import gateway_server, limits_need_sharing, run_server, supervise
+from app.workers import gateway_config, limits_need_sharing, run_server, supervise
 
 logger = logging.getLogger("mavera_gateway")
 
@@ -128,7 +128,7 @@ def serve(
     try:
         if workers > 1:
             return supervise(settings, reload_settings, workers)
-        run_server(gateway_server(settings, reload_settings, host=host, port=port))
+        run_server(uvicorn.Server(gateway_config(settings, reload_settings, host=host, port=port)))
         return 0
     finally:
         if simulator is not None:

@@ -75,10 +75,10 @@ def limits_need_sharing(settings: Settings) -> list[str]:
     return found
 
 
-def gateway_server(
+def gateway_config(
     settings: Settings, reload_settings: Callable[[], Settings] | None, **config: Any
-) -> uvicorn.Server:
-    """uvicorn serving the gateway with its connection limits (app.edge) and shutdown grace."""
+) -> uvicorn.Config:
+    """uvicorn's config for the gateway: its connection limits (app.edge), its shutdown grace."""
     app = create_app(settings, reload_settings)
     options: dict[str, Any] = {
         "loop": "uvloop",
@@ -88,7 +88,7 @@ def gateway_server(
         "timeout_graceful_shutdown": int(settings.server.shutdown_grace_s),
         **uvicorn_options(settings.server, app),
     }
-    return uvicorn.Server(uvicorn.Config(app, **options, **config))
+    return uvicorn.Config(app, **options, **config)
 
 
 def run_server(server: uvicorn.Server, sockets: list[socket.socket] | None = None) -> None:
@@ -157,8 +157,7 @@ def _work(
     except OSError as exc:
         logger.error("cannot listen on %s:%d: %s", settings.server.host, settings.server.port, exc)
         sys.exit(STARTUP_FAILURE)
-    config = gateway_server(settings, reload_settings).config
-    run_server(_ReadyServer(config, ready), [sock])
+    run_server(_ReadyServer(gateway_config(settings, reload_settings), ready), [sock])
 
 
 @dataclass
@@ -190,9 +189,10 @@ class _Supervisor:
 
     def signal_all(self, sig: int, *, ready_only: bool = False) -> None:
         for worker in self.workers:
-            if worker.process.exitcode is None and (worker.pid or not ready_only):
+            pid = worker.process.pid
+            if pid and worker.process.exitcode is None and (worker.pid or not ready_only):
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(worker.process.pid or 0, sig)
+                    os.kill(pid, sig)
 
     def fail(self, message: str, *args: object) -> None:
         logger.error(message, *args)
