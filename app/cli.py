@@ -35,26 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _serve_parser(commands)
 
-    sim_cmd = commands.add_parser("simulate", help="run the Mavera simulator alone")
-    sim_cmd.add_argument("--host", default="127.0.0.1")
-    sim_cmd.add_argument("--port", type=int, default=8090)
-    sim_cmd.add_argument("--chunks", type=int, default=8, help="text deltas per stream")
-    sim_cmd.add_argument(
-        "--chunk-delay-ms", type=float, default=0.0, help="gap between stream events"
-    )
-    sim_cmd.add_argument(
-        "--first-byte-delay-ms", type=float, default=0.0, help="delay before answering"
-    )
-    sim_cmd.add_argument("--rpm", type=int, help="per-key rate limit (default: none)")
-    sim_cmd.add_argument("--credits", type=int, help="credit balance (default: unlimited)")
-    sim_cmd.add_argument(
-        "--credits-used-elsewhere",
-        type=int,
-        default=0,
-        metavar="N",
-        help="credits GET /usage reports as spent this period by something other than the "
-        "gateway (to try reconcile)",
-    )
+    _simulate_parser(commands)
 
     check_cmd = commands.add_parser("check-config", help="validate and print the effective config")
     _config_option(check_cmd)
@@ -88,6 +69,29 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile_cmd.add_argument("--format", choices=["table", "json"], default="table")
     _config_option(reconcile_cmd)
     return parser
+
+
+def _simulate_parser(commands: Any) -> None:
+    sim_cmd = commands.add_parser("simulate", help="run the Mavera simulator alone")
+    sim_cmd.add_argument("--host", default="127.0.0.1")
+    sim_cmd.add_argument("--port", type=int, default=8090)
+    sim_cmd.add_argument("--chunks", type=int, default=8, help="text deltas per stream")
+    sim_cmd.add_argument(
+        "--chunk-delay-ms", type=float, default=0.0, help="gap between stream events"
+    )
+    sim_cmd.add_argument(
+        "--first-byte-delay-ms", type=float, default=0.0, help="delay before answering"
+    )
+    sim_cmd.add_argument("--rpm", type=int, help="per-key rate limit (default: none)")
+    sim_cmd.add_argument("--credits", type=int, help="credit balance (default: unlimited)")
+    sim_cmd.add_argument(
+        "--credits-used-elsewhere",
+        type=int,
+        default=0,
+        metavar="N",
+        help="credits GET /usage reports as spent this period by something other than the "
+        "gateway (to try reconcile)",
+    )
 
 
 def _serve_parser(commands: Any) -> None:
