@@ -216,3 +216,19 @@ def test_sighup_reloads_the_config_in_every_worker(spawn: Any, tmp_path: Path) -
     assert gateway.proc.wait(timeout=15) == 0, gateway.log()
     rows = ledger_rows(f"sqlite:///{tmp_path / 'ledger.db'}")
     assert [row["persona_id"] for row in rows] == [persona] * STREAMS
+
+
+def test_a_port_already_in_use_is_refused_before_any_worker_starts(
+    spawn: Any, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:  # another server on the port, without SO_REUSEPORT
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["serve", "--simulate", "--workers", "2", "--port", str(port)]
+        gateway = spawn(args, gateway_env(tmp_path), port)
+        assert gateway.proc is not None
+        assert gateway.proc.wait(timeout=30) == 2
+    log = gateway.log()
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in log, log
+    assert "ready (pid" not in log
