@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -13,12 +14,16 @@ from typing import Any, TypeVar
 from app.auth import issue_key
 from app.clients import BUDGET_PERIODS, InvalidClientSpec, parse_client_spec
 from app.config import ConfigError, Settings, load_settings
+from app.errors import GatewayError
 from app.ledger.backends import open_ledger
 from app.ledger.protocol import KeyExists, Ledger, LedgerUnavailable
-from app.reports import GROUPS, parse_time, render, summarize
+from app.reconcile import UpstreamRefused, reconcile
+from app.reconcile import render as render_reconciliation
+from app.reports import GROUPS, footnote, parse_time, render, summarize
 from app.runner import StartupRefused, serve, simulate
 from app.settings_view import effective_config_toml
 from app.simulator import SimScript
+from app.upstream import Upstream
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,30 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve_cmd = commands.add_parser("serve", help="run the gateway")
-    _config_option(serve_cmd)
-    serve_cmd.add_argument("--host", help="bind address (default 127.0.0.1)")
-    serve_cmd.add_argument("--port", type=int, help="port (default 8080)")
-    serve_cmd.add_argument(
-        "--simulate", action="store_true", help="use the built-in Mavera simulator"
-    )
-    serve_cmd.add_argument(
-        "--allow-open", action="store_true", help="allow a non-loopback bind with no client keys"
-    )
-    serve_cmd.add_argument("--log-format", choices=["text", "json"], help="log line format")
+    _serve_parser(commands)
 
-    sim_cmd = commands.add_parser("simulate", help="run the Mavera simulator alone")
-    sim_cmd.add_argument("--host", default="127.0.0.1")
-    sim_cmd.add_argument("--port", type=int, default=8090)
-    sim_cmd.add_argument("--chunks", type=int, default=8, help="text deltas per stream")
-    sim_cmd.add_argument(
-        "--chunk-delay-ms", type=float, default=0.0, help="gap between stream events"
-    )
-    sim_cmd.add_argument(
-        "--first-byte-delay-ms", type=float, default=0.0, help="delay before answering"
-    )
-    sim_cmd.add_argument("--rpm", type=int, help="per-key rate limit (default: none)")
-    sim_cmd.add_argument("--credits", type=int, help="credit balance (default: unlimited)")
+    _simulate_parser(commands)
 
     check_cmd = commands.add_parser("check-config", help="validate and print the effective config")
     _config_option(check_cmd)
@@ -78,7 +62,63 @@ def build_parser() -> argparse.ArgumentParser:
     usage_cmd.add_argument("--by", choices=list(GROUPS), default="client")
     usage_cmd.add_argument("--format", choices=["table", "json", "csv"], default="table")
     _config_option(usage_cmd)
+
+    reconcile_cmd = commands.add_parser(
+        "reconcile", help="the ledger's credits for Mavera's billing period next to Mavera's bill"
+    )
+    reconcile_cmd.add_argument("--format", choices=["table", "json"], default="table")
+    _config_option(reconcile_cmd)
     return parser
+
+
+def _simulate_parser(commands: Any) -> None:
+    sim_cmd = commands.add_parser("simulate", help="run the Mavera simulator alone")
+    sim_cmd.add_argument("--host", default="127.0.0.1")
+    sim_cmd.add_argument("--port", type=int, default=8090)
+    sim_cmd.add_argument("--chunks", type=int, default=8, help="text deltas per stream")
+    sim_cmd.add_argument(
+        "--chunk-delay-ms", type=float, default=0.0, help="gap between stream events"
+    )
+    sim_cmd.add_argument(
+        "--first-byte-delay-ms", type=float, default=0.0, help="delay before answering"
+    )
+    sim_cmd.add_argument("--rpm", type=int, help="per-key rate limit (default: none)")
+    sim_cmd.add_argument("--credits", type=int, help="credit balance (default: unlimited)")
+    sim_cmd.add_argument(
+        "--credits-used-elsewhere",
+        type=int,
+        default=0,
+        metavar="N",
+        help="credits GET /usage reports as spent this period by something other than the "
+        "gateway (to try reconcile)",
+    )
+
+
+def _serve_parser(commands: Any) -> None:
+    serve_cmd = commands.add_parser("serve", help="run the gateway")
+    _config_option(serve_cmd)
+    serve_cmd.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve_cmd.add_argument("--port", type=int, help="port (default 8080)")
+    serve_cmd.add_argument(
+        "--simulate", action="store_true", help="use the built-in Mavera simulator"
+    )
+    serve_cmd.add_argument(
+        "--allow-open", action="store_true", help="allow a non-loopback bind with no client keys"
+    )
+    serve_cmd.add_argument("--log-format", choices=["text", "json"], help="log line format")
+    serve_cmd.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="worker processes sharing the port (default 1; limits then need Redis)",
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -111,14 +151,23 @@ def _dispatch(args: argparse.Namespace) -> int:
             chunk_delay_ms=args.chunk_delay_ms,
             first_byte_delay_ms=args.first_byte_delay_ms,
         )
-        simulate(args.host, args.port, script, rpm=args.rpm, credits=args.credits)
+        simulate(
+            args.host,
+            args.port,
+            script,
+            rpm=args.rpm,
+            credits=args.credits,
+            credits_used_elsewhere=args.credits_used_elsewhere,
+        )
         return 0
     settings = load_settings(args.config, **_overrides(args))
     if args.command == "serve":
-        serve(
+        return serve(
             settings,
             simulate=args.simulate,
-            reload_settings=lambda: load_settings(args.config, **_overrides(args)),
+            # a partial, not a lambda: with --workers it is pickled into each worker
+            reload_settings=functools.partial(load_settings, args.config, **_overrides(args)),
+            workers=args.workers,
         )
     elif args.command == "check-config":
         print(effective_config_toml(settings))
@@ -131,6 +180,37 @@ def _dispatch(args: argparse.Namespace) -> int:
             settings, lambda ledger: summarize(ledger, since=since, until=until, by=args.by)
         )
         print(render(rows, args.format))
+        note = footnote(args.by)
+        if note and rows and args.format == "table":
+            print("\n" + note)
+        elif note and rows:  # JSON and CSV are for scripts: the note goes beside them
+            print(note, file=sys.stderr)
+    elif args.command == "reconcile":
+        return _reconcile(settings, args.format)
+    return 0
+
+
+def _reconcile(settings: Settings, fmt: str) -> int:
+    if settings.upstream.api_key is None:
+        raise ValueError(
+            "reconcile reads Mavera's GET /usage: set MAVERA_API_KEY (and MAVERA_BASE_URL)"
+        )
+
+    async def run() -> dict[str, Any]:
+        upstream = Upstream(settings.upstream)
+        try:
+            async with _opened(settings) as ledger:
+                print(f"ledger: {ledger.description}", file=sys.stderr)
+                return await reconcile(upstream, ledger)
+        finally:
+            await upstream.aclose()
+
+    try:
+        result = asyncio.run(run())
+    except (GatewayError, UpstreamRefused) as exc:
+        print(f"mavera-gateway: cannot reconcile: {exc}", file=sys.stderr)
+        return 1
+    print(render_reconciliation(result, fmt))
     return 0
 
 

@@ -20,6 +20,13 @@ from typing import Any
 from app.ledger.protocol import REPORT_GROUPS, Ledger, ReportGroup, UsageTotals
 
 GROUPS: tuple[ReportGroup, ...] = REPORT_GROUPS
+# Groups where a missing value is a choice the caller made (no tag, no `user` sent), shown so.
+_NONE_SHOWN = {"tag": "(none)", "end_user": "(none)"}
+_TEXT_COLUMNS = {"persona_name"}
+TAG_FOOTNOTE = (
+    "A request with several tags counts under each of them, so the column totals exceed "
+    "the real total; untagged requests are under (none)."
+)
 _RELATIVE = re.compile(r"^(\d+)([mhdw])$")
 _UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -44,13 +51,27 @@ def parse_time(text: str, now: float | None = None) -> float:
 async def summarize(
     ledger: Ledger, *, since: float, until: float | None = None, by: str = "client"
 ) -> list[dict[str, Any]]:
-    """Per group: requests, errors, known credits, unknown-credit requests, tokens, p50/p95."""
+    """Per group: requests, errors, known credits, unknown-credit requests, tokens, p50/p95.
+
+    By persona, each row also has the persona's name (`persona_name`, None when not known).
+    """
     group = _group(by)
     totals = await ledger.usage_totals(
         since, until if until is not None else time.time() + 86400, group
     )
-    rows = [_row(by, row) for row in totals]
-    return sorted(rows, key=lambda row: str(row[by]))
+    missing = _NONE_SHOWN.get(by, "-")
+    rows = sorted((_row(by, row, missing) for row in totals), key=lambda row: str(row[by]))
+    if by == "persona":
+        names = await ledger.persona_names()
+        rows = [
+            {"persona": r["persona"], "persona_name": names.get(r["persona"]), **r} for r in rows
+        ]
+    return rows
+
+
+def footnote(by: str) -> str | None:
+    """What a reader must know about a report grouped `by` this, if anything."""
+    return TAG_FOOTNOTE if by == "tag" else None
 
 
 def _group(by: str) -> ReportGroup:
@@ -60,13 +81,13 @@ def _group(by: str) -> ReportGroup:
     raise ValueError(f"cannot group by {by!r}: choose one of {', '.join(GROUPS)}")
 
 
-def _row(by: str, totals: UsageTotals) -> dict[str, Any]:
+def _row(by: str, totals: UsageTotals, missing: str) -> dict[str, Any]:
     row = asdict(totals)
     del row["group"]
     row["credits"] = _exact(totals.credits)
     for name in ("p50_ms", "p95_ms"):
         row[name] = None if row[name] is None else round(float(row[name]), 2)
-    return {by: "-" if totals.group is None else str(totals.group), **row}
+    return {by: missing if totals.group is None else str(totals.group), **row}
 
 
 def _exact(value: Any) -> int | float:
@@ -83,9 +104,11 @@ async def fetch_records(
     limit: int = 100,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
-    """Raw records, newest first, for the admin API."""
+    """Raw records, newest first, for the admin API; each with its persona's name if known."""
     records = await ledger.records(since, client, limit, offset)
+    names = await ledger.persona_names() if records else {}
     for record in records:
+        record["persona_name"] = names.get(record["persona_id"])
         if record["credits_used"] is not None:
             record["credits_used"] = _exact(record["credits_used"])
     return records
@@ -113,15 +136,17 @@ def _table(rows: list[dict[str, Any]]) -> str:
     headers = list(rows[0])
     cells = [[_cell(row[h]) for h in headers] for row in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-    lines = [_line(headers, widths), _line(["-" * w for w in widths], widths)]
-    lines += [_line(c, widths) for c in cells]
+    # the group and names read left to right; numbers line up on the right
+    left = [i == 0 or h in _TEXT_COLUMNS for i, h in enumerate(headers)]
+    lines = [_line(headers, widths, left), _line(["-" * w for w in widths], widths, left)]
+    lines += [_line(c, widths, left) for c in cells]
     return "\n".join(lines)
 
 
-def _line(values: Iterable[str], widths: list[int]) -> str:
+def _line(values: Iterable[str], widths: list[int], left: list[bool]) -> str:
     parts = [
-        v.ljust(w) if i == 0 else v.rjust(w)
-        for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        v.ljust(w) if flush else v.rjust(w)
+        for v, w, flush in zip(values, widths, left, strict=True)
     ]
     return "  ".join(parts).rstrip()
 

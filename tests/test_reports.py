@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -45,7 +46,7 @@ def fetch_records(store: LedgerUnderTest, **options: Any) -> list[dict[str, Any]
     return rows
 
 
-MIGRATIONS = ["0001_usage_records", "0002_gateway_keys", "0003_persona_source"]
+MIGRATIONS = ["0001_usage_records", "0002_gateway_keys", "0003_persona_source", "0005_attribution"]
 
 
 def record(**fields: Any) -> UsageRecord:
@@ -325,6 +326,52 @@ def test_summarize_by_day_in_utc(filled: LedgerUnderTest) -> None:
     ]
 
 
+def test_summarize_by_tag_and_end_user(store: LedgerUnderTest) -> None:
+    batch = [
+        record(client="a", received_at=NOW, tags="proj-a,exp-1", credits_used=2, end_user="u1"),
+        record(client="a", received_at=NOW, tags="proj-a", credits_used=3),
+        record(client="a", received_at=NOW, credits_used=5),
+    ]
+    store.write(batch)
+    store.write(batch)  # a retried batch: its records and their tags are stored once
+    by_tag = summarize(store, since=NOW - 1, until=NOW + 1, by="tag")
+    assert [(r["tag"], r["requests"], r["credits"]) for r in by_tag] == [
+        ("(none)", 1, 5),
+        ("exp-1", 1, 2),
+        ("proj-a", 2, 5),
+    ]
+    by_user = summarize(store, since=NOW - 1, until=NOW + 1, by="end_user")
+    assert [(r["end_user"], r["requests"], r["credits"]) for r in by_user] == [
+        ("(none)", 2, 8),
+        ("u1", 1, 2),
+    ]
+
+
+def test_persona_names_and_the_reconciliation_totals(store: LedgerUnderTest) -> None:
+    store.run(store.ledger.store_persona_names({"p1": "Old name", "p2": "Two"}, NOW))
+    store.run(store.ledger.store_persona_names({"p1": "Gen Z"}, NOW + 1))
+    store.write(
+        [
+            record(client="a", received_at=NOW, persona_id="p1", credits_used=0.1),
+            record(client="a", received_at=NOW, persona_id="p1", credits_used=0.2),
+            record(client="a", received_at=NOW, persona_id="p3"),  # cost unknown
+        ]
+    )
+    rows = summarize(store, since=NOW - 1, until=NOW + 1, by="persona")
+    assert [(r["persona"], r["persona_name"], r["requests"]) for r in rows] == [
+        ("p1", "Gen Z", 2),
+        ("p3", None, 1),
+    ]
+    totals = store.run(store.ledger.period_totals(NOW - 1, NOW + 1))
+    assert (totals.credits, totals.requests, totals.unknown_cost) == (Decimal("0.3"), 3, 1)
+    (unknown,) = store.run(store.ledger.unknown_cost_records(NOW - 1, NOW + 1, 10))
+    assert (unknown["client"], unknown["status"], unknown["endpoint"]) == (
+        "a",
+        200,
+        "chat.completions",
+    )
+
+
 def test_summarize_rejects_unknown_grouping(filled: LedgerUnderTest) -> None:
     with pytest.raises(ValueError, match="client"):
         summarize(filled, since=0, by="colour")
@@ -420,7 +467,7 @@ def test_fetch_records_newest_first_with_all_columns(filled: LedgerUnderTest) ->
     assert [r["received_at"] for r in records] == sorted(
         (r.received_at for r in dataset() if r.received_at >= NOW - 2 * DAY), reverse=True
     )
-    assert all(set(r) == set(COLUMNS) for r in records)
+    assert all(set(r) == {*COLUMNS, "persona_name"} for r in records)
     first = records[0]
     assert first["client"] == "alice"
     assert first["credits_used"] == 3 and type(first["credits_used"]) is int
@@ -452,10 +499,11 @@ def test_fetch_records_round_trips_a_record(store: LedgerUnderTest) -> None:
         request_id="req-1",
         error_code=None,
         persona_source="model",
+        tags="proj-a,exp-1",
     )
     store.write([original])
     (stored,) = fetch_records(store, since=0)
-    assert stored == dict(zip(COLUMNS, original.values(), strict=True))
+    assert stored == {**dict(zip(COLUMNS, original.values(), strict=True)), "persona_name": None}
 
 
 def test_fetch_records_filters_by_client_and_since(filled: LedgerUnderTest) -> None:

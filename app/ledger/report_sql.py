@@ -2,17 +2,16 @@
 
 `app.records.cost_unknown` says in Python which requests Mavera may have charged for without
 reporting a cost; `UNKNOWN_COST` says the same in SQL, so reports count them in the database.
+`{group}` is a backend's expression of the report group, `{source}` the table (or join) read.
 """
 
 from __future__ import annotations
 
-from app.records import GENERATION_ENDPOINTS
+from decimal import Decimal
+from typing import Any
 
-UNKNOWN_COST = (
-    "credits_used IS NULL AND endpoint IN ("
-    + ", ".join(f"'{endpoint}'" for endpoint in GENERATION_ENDPOINTS)
-    + ") AND (status < 300 OR outcome IN ('client_disconnected', 'shutdown'))"
-)
+from app.ledger.attribution import UNKNOWN_COST
+from app.ledger.protocol import UsageTotals
 
 # requests, errors, known credits (NULL when none is known), unknown-cost requests, tokens
 TOTALS = (
@@ -32,7 +31,7 @@ _INTERPOLATE = (
     "+ p.hi{p} * ({p} * (p.m - 1) % 100)) / 100.0 END"
 )
 SQLITE_TOTALS = (
-    "WITH base AS (SELECT {group} AS g, * FROM usage_records "
+    "WITH base AS (SELECT {group} AS g, * FROM {source} "
     "WHERE received_at >= ? AND received_at < ?), "
     f"totals AS (SELECT g, {TOTALS} FROM base GROUP BY g), "
     "ranked AS (SELECT g, latency_ms AS v, COUNT(*) OVER (PARTITION BY g) AS m, "
@@ -42,3 +41,11 @@ SQLITE_TOTALS = (
     f"SELECT t.*, {_INTERPOLATE.format(p=50)}, {_INTERPOLATE.format(p=95)} "
     "FROM totals t LEFT JOIN picks p ON p.g IS t.g"
 )
+
+
+def sqlite_totals(row: tuple[Any, ...]) -> UsageTotals:
+    """A report group; a sum of fractional credits loses float noise (SQLite adds in binary)."""
+    group, requests, errors, credits, *rest = row
+    if isinstance(credits, float):
+        credits = Decimal(format(credits, ".15g"))
+    return UsageTotals(group, requests, errors, 0 if credits is None else credits, *rest)

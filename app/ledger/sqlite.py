@@ -12,16 +12,16 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from app.clients import InvalidClientSpec, parse_client_spec
+from app.ledger.attribution import TAGGED_RECORDS, SqliteAttribution, write_tags
+from app.ledger.keys import stored_key
 from app.ledger.migrations import MIGRATIONS
 from app.ledger.protocol import KeyExists, ReportGroup, StoredKey, UsageTotals
-from app.ledger.report_sql import SQLITE_TOTALS
+from app.ledger.report_sql import SQLITE_TOTALS, sqlite_totals
 from app.records import COLUMNS, UsageRecord
 
 logger = logging.getLogger("mavera_gateway.ledger")
@@ -47,6 +47,8 @@ _GROUP_EXPRESSIONS: dict[ReportGroup, str] = {
     "route": "route",
     "endpoint": "endpoint",
     "day": "strftime('%Y-%m-%d', received_at, 'unixepoch')",
+    "tag": "record_tags.tag",
+    "end_user": "end_user",
 }
 _KEY_COLUMNS = (
     "name, key_sha256, persona_id, allow_persona_override, credit_budget, budget_period, rpm, "
@@ -61,8 +63,8 @@ def sqlite_path(url: str) -> str:
     return url.removeprefix("sqlite:///")
 
 
-class SqliteLedger:
-    """Usage records and gateway keys in one SQLite file."""
+class SqliteLedger(SqliteAttribution):
+    """Usage records, gateway keys and persona names in one SQLite file."""
 
     def __init__(self, url: str) -> None:
         self.path = sqlite_path(url)
@@ -81,10 +83,10 @@ class SqliteLedger:
         connection = sqlite3.connect(
             self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )
-        connection.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(connection)
         connection.execute("PRAGMA synchronous=NORMAL")
         self._connection = connection
-        self._migrate()
+        self._migrate()  # BEGIN IMMEDIATE: processes opening the file at once migrate in turn
 
     def _migrate(self) -> None:
         with self._transaction() as db:
@@ -161,6 +163,7 @@ class SqliteLedger:
         rows = orjson.dumps([record.values() for record in records])
         with self._transaction() as db:
             db.execute(_INSERT, (rows,))
+            write_tags(db, records)
 
     async def spent_since(self, client: str, since: float) -> float:
         """Known credits of the client's requests received since `since`."""
@@ -174,9 +177,10 @@ class SqliteLedger:
 
     async def usage_totals(self, since: float, until: float, by: ReportGroup) -> list[UsageTotals]:
         """Per group, the totals of the records received in [since, until), summed in SQL."""
-        sql = SQLITE_TOTALS.format(group=_GROUP_EXPRESSIONS[by])
+        source = TAGGED_RECORDS if by == "tag" else "usage_records"
+        sql = SQLITE_TOTALS.format(group=_GROUP_EXPRESSIONS[by], source=source)
         rows = await asyncio.to_thread(self._read, sql, (since, until))
-        return [_totals(row) for row in rows]
+        return [sqlite_totals(row) for row in rows]
 
     async def records(
         self, since: float, client: str | None, limit: int, offset: int
@@ -248,30 +252,21 @@ class SqliteLedger:
         return bool(changed > 0)
 
 
-def _totals(row: tuple[Any, ...]) -> UsageTotals:
-    """A report group; a sum of fractional credits loses float noise (SQLite adds in binary)."""
-    group, requests, errors, credits, *rest = row
-    if isinstance(credits, float):
-        credits = Decimal(format(credits, ".15g"))
-    return UsageTotals(group, requests, errors, 0 if credits is None else credits, *rest)
+def _enable_wal(connection: sqlite3.Connection) -> None:
+    """Switch the file to WAL, waiting out other processes that are opening it too.
 
-
-def stored_key(row: tuple[Any, ...]) -> StoredKey | None:
-    """A gateway_keys row as a StoredKey; None (logged) if its settings no longer validate."""
-    name, digest, persona, override, budget, period, rpm, created, revoked = row
-    settings = {
-        "persona_id": persona,
-        "allow_persona_override": None if override is None else bool(override),
-        "credit_budget": budget,
-        "budget_period": period,
-        "rpm": rpm,
-    }
-    try:
-        spec = parse_client_spec(settings)
-    except InvalidClientSpec as exc:
-        logger.error("the stored key of client %r is ignored: %s", name, exc)
-        return None
-    return StoredKey(name, digest, spec, created, revoked)
+    Changing the journal mode does not wait for the busy timeout: when several workers open a
+    new file at once, all but one get SQLITE_BUSY at once, so retry until BUSY_TIMEOUT_S.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 class _Transaction:
