@@ -104,6 +104,7 @@ def create_app(
             refresher.cancel()
             await asyncio.gather(refresher, return_exceptions=True)
             await gateway.settle(SETTLE_S)
+            await gateway.limits.drain()
             await gateway.writer.close()
             await gateway.upstream.aclose()
             await gateway.ledger.close()
@@ -158,7 +159,7 @@ async def _start(settings: Settings) -> Gateway:
         settings=settings,
         upstream=Upstream(settings.upstream),
         keys=KeyStore(settings.clients),
-        limits=Limits(),
+        limits=Limits(settings.limits),
         writer=writer,
         metrics=metrics,
         ledger=ledger,

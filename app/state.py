@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,9 @@ from app.config import Settings
 from app.errors import RouteNotFound
 from app.ledger.protocol import Ledger
 from app.ledger.writer import LedgerWriter
-from app.limits import Limits, period_start
+from app.limits import Limits
+from app.limits.admission import GATEWAY, SpendHook
+from app.limits.spend import seed_budget
 from app.metrics import Metrics
 from app.records import UsageRecord
 from app.upstream import Upstream
@@ -59,6 +62,16 @@ class Gateway:
     metrics: Metrics
     ledger: Ledger
     personas_cache: TtlCache = field(default_factory=TtlCache)
+    # Called after each settlement, per budget the request counted against, with (subject:
+    # client name or "gateway", spent, budget, period, period start); must not block.
+    on_spend: SpendHook | None = None
+
+    def __post_init__(self) -> None:
+        self.limits.on_spend = self._spent
+
+    def _spent(self, subject: str, spent: float, budget: float, period: str, began: float) -> None:
+        if self.on_spend is not None:
+            self.on_spend(subject, spent, budget, period, began)
 
     def route_of(self, request: Request) -> str | None:
         """The configured route a request came in under, if any."""
@@ -80,16 +93,31 @@ class Gateway:
     async def reload_keys(self) -> None:
         """Pick up the keys stored in the ledger now (created or revoked elsewhere)."""
         self.keys.replace_stored(await self.ledger.keys(include_revoked=False))
+        await self.seed_budgets()
 
     async def seed_budgets(self) -> None:
-        """Start each budgeted client's spend from what the ledger holds for this period."""
+        """Start each budget not yet counted (each client's, the gateway's) from the ledger.
+
+        At start, and for clients that appear or change budget period on a reload.
+        """
+        limits = self.settings.limits
+        if limits.gateway_credit_budget is not None:
+            await seed_budget(
+                self.limits,
+                GATEWAY,
+                limits.gateway_budget_period,
+                functools.partial(self.ledger.spent_since, None),
+            )
         for client in self.keys.clients():
             spec = client.spec
             if spec.credit_budget is None:
                 continue
-            began = period_start(spec.budget_period, time.time())
-            spent = await self.ledger.spent_since(client.name, began)
-            self.limits.load_spent(client.name, spec.budget_period, began, spent)
+            await seed_budget(
+                self.limits,
+                client.name,
+                spec.budget_period,
+                functools.partial(self.ledger.spent_since, client.name),
+            )
 
     def reconfigure(self, new: Settings) -> list[str]:
         """Take on a reloaded config; return the sections that only a restart can change.
@@ -124,8 +152,7 @@ class Gateway:
         Returns the future of the record's commit in strict durability, else None.
         """
         self.in_flight -= 1
-        if record.credits_used:
-            self.limits.charge(record.client, record.credits_used)
+        self.limits.finish(record)
         stored = self.writer.submit(record)
         self.metrics.observe(record)
         if logger.isEnabledFor(logging.INFO):

@@ -28,8 +28,11 @@ from app.api.schemas import (
     ResponseObject,
     ResponsesRequest,
 )
+from app.clients import Client
 from app.edge import body_timed_out
-from app.errors import BodyTooLarge, InvalidRequest, RequestTimeout
+from app.errors import BodyTooLarge, GatewayError, InvalidRequest, RequestTimeout
+from app.limits import Admission
+from app.limits.spend import current_headers
 from app.records import new_id
 from app.relay import StreamRelay, unless_disconnected
 from app.routing import apply_target, resolve
@@ -37,6 +40,7 @@ from app.scrub import MAX_ERROR_CODE_CHARS
 from app.state import Gateway
 from app.usage import CHAT, RESPONSES, ask_for_stream_usage, usage_from_body
 
+RATE_LIMIT_HEADER = "x-ratelimit-limit-requests"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _Endpoint = TypeVar("_Endpoint", bound=Callable[..., Awaitable[Response]])
 router = APIRouter()
@@ -107,6 +111,7 @@ async def proxy_generation(request: Request, endpoint: str) -> Response:
     gateway: Gateway = request.app.state.gateway
     account = gateway.begin(endpoint, request_id_for(request))
     reply_headers = {"x-request-id": account.request_id}
+    client: Client | None = None
     try:
         route = gateway.route_of(request)
         client = gateway.keys.authenticate(request.headers)
@@ -118,7 +123,10 @@ async def proxy_generation(request: Request, endpoint: str) -> Response:
         apply_target(target, body)
         stream = account.record.stream  # read from the body once, by the account
         drop_usage = endpoint == CHAT and stream and ask_for_stream_usage(body)
-        gateway.limits.admit(client)
+        admitting: Awaitable[Admission] = gateway.limits.admit(client, account.record)
+        if gateway.limits.queue is not None:  # it may wait: not for a client that has gone
+            admitting = unless_disconnected(request.receive, admitting)
+        reply_headers.update((await admitting).headers)
         content = _serialised(body)
         upstream = gateway.upstream
         if stream:
@@ -148,9 +156,21 @@ async def proxy_generation(request: Request, endpoint: str) -> Response:
         _account_answer(account, reply.status_code, answer)
         response = Response(answer, reply.status_code, reply_headers)
     except BaseException as exc:
+        if client is not None and isinstance(exc, GatewayError):
+            await _with_rate_headers(gateway, client, exc, reply_headers)
         response = _failure(account, exc, reply_headers)
     await account.durable()
     return response
+
+
+async def _with_rate_headers(
+    gateway: Gateway, client: Client, error: GatewayError, headers: dict[str, str]
+) -> None:
+    """Give the gateway's own error answer the client's x-ratelimit-* headers too."""
+    if client.spec.rpm is None or RATE_LIMIT_HEADER in headers:
+        return
+    if RATE_LIMIT_HEADER not in error.headers:
+        headers.update(await current_headers(gateway.limits, client))
 
 
 def _failure(account: RequestAccount, exc: BaseException, headers: dict[str, str]) -> Response:

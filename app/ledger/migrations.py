@@ -58,4 +58,8 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "0003_persona_source",
         ("ALTER TABLE usage_records ADD COLUMN persona_source TEXT",),
     ),
+    (
+        "0004_reservation",
+        ("ALTER TABLE usage_records ADD COLUMN credits_reserved NUMERIC",),
+    ),
 )
