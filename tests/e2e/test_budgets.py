@@ -124,7 +124,7 @@ def test_unknown_cost_keeps_the_reservation_in_the_ledger_and_after_a_restart(
         "model": "mavera-1",
         "stream": True,
         "messages": [{"role": "user", "content": "hi"}],
-        "mavera_sim": {"chunks": 20, "chunk_delay_ms": 100},
+        "mavera_sim": {"hang_after": 1},
     }
     headers = {"authorization": f"Bearer {ALICE_KEY}"}
     with httpx.stream(
