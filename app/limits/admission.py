@@ -180,14 +180,14 @@ class Limits:
             if ends is None
             else f"it resets at {iso(ends, self.zone)}"
         )
-        whose = (
-            "the gateway's shared budget (all clients together)"
+        what = (
+            f"the gateway's shared budget of {budget:g} credits (all clients together) is "
+            f"used up for this {period}"
             if subject == GATEWAY
-            else f"client {subject!r}'s budget"
+            else f"client {subject!r} has used its budget of {budget:g} credits for this {period}"
         )
         raise BudgetExceeded(
-            f"{whose} of {budget:g} credits for this {period} is used up "
-            f"({held.spent:g} spent, {held.reserved:g} reserved by requests in flight); "
+            f"{what} ({held.spent:g} spent, {held.reserved:g} reserved by requests in flight); "
             f"{resets}",
             headers={"x-should-retry": "false", **into.headers},
         )
