@@ -104,11 +104,17 @@ class Limits:
         self.seeded: set[tuple[str, str]] = set()  # (subject, period) seeded from the ledger
         self._admitted: dict[str, Admission] = {}  # record id -> what it holds
         self._settling: set[asyncio.Task[None]] = set()
+        self._periods: dict[str, tuple[float, float | None]] = {}  # kind -> current bounds
 
     def period_of(self, period: str) -> tuple[float, float | None]:
         """The start and end (None for `total`) of the current period of this kind."""
         now = self.clock()
-        return period_start(period, now, self.zone), period_end(period, now, self.zone)
+        known = self._periods.get(period)
+        if known is not None and known[0] <= now and (known[1] is None or now < known[1]):
+            return known
+        bounds = period_start(period, now, self.zone), period_end(period, now, self.zone)
+        self._periods[period] = bounds
+        return bounds
 
     async def admit(self, client: Client, record: UsageRecord) -> Admission:
         """Let the request through holding its limits, or raise BudgetExceeded / RateLimited."""

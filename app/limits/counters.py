@@ -194,6 +194,7 @@ class MemoryCounters:
         return self._verdict(len(hits) < limit, hits, limit, window_s, now)
 
     def _held(self, key: str) -> dict[int, float]:
+        """The key's places, lapsed ones dropped."""
         held = self._slots.setdefault(key, {})
         now = self._clock()
         for token in [t for t, lapses in held.items() if lapses <= now]:
@@ -202,7 +203,9 @@ class MemoryCounters:
 
     async def acquire_slot(self, key: str, limit: int, ttl_s: float) -> Slot | None:
         """See Counters.acquire_slot."""
-        held = self._held(key)
+        held = self._slots.setdefault(key, {})
+        if len(held) >= limit:  # full: only then is it worth looking for lapsed places
+            held = self._held(key)
         if len(held) >= limit:
             return None
         self._tokens += 1
