@@ -7,6 +7,7 @@ two generation endpoints from the same declarations on its fast path (`fast_path
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -31,7 +32,6 @@ from app.api.schemas import (
 from app.clients import Client
 from app.edge import body_timed_out
 from app.errors import BodyTooLarge, GatewayError, InvalidRequest, RequestTimeout
-from app.limits import Admission
 from app.limits.spend import current_headers
 from app.records import new_id
 from app.relay import StreamRelay, unless_disconnected
@@ -123,10 +123,10 @@ async def proxy_generation(request: Request, endpoint: str) -> Response:
         apply_target(target, body)
         stream = account.record.stream  # read from the body once, by the account
         drop_usage = endpoint == CHAT and stream and ask_for_stream_usage(body)
-        admitting: Awaitable[Admission] = gateway.limits.admit(client, account.record)
-        if gateway.limits.queue is not None:  # it may wait: not for a client that has gone
-            admitting = unless_disconnected(request.receive, admitting)
-        reply_headers.update((await admitting).headers)
+        # a wait in the shared queue ends when the client hangs up
+        guard = functools.partial(unless_disconnected, request.receive)
+        admission = await gateway.limits.admit(client, account.record, guard)
+        reply_headers.update(admission.headers)
         content = _serialised(body)
         upstream = gateway.upstream
         if stream:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
@@ -44,6 +45,7 @@ SLOT_TTL_S = 3600.0  # a concurrency place lapses if never released (a replica t
 GATEWAY = "gateway"
 
 SpendHook = Callable[[str, float, float, str, float], None]
+Guard = Callable[[Awaitable[None]], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -103,7 +105,8 @@ class Limits:
         self.in_flight: dict[str, int] = {}  # client -> requests admitted and not yet ended
         self.seeded: set[tuple[str, str]] = set()  # (subject, period) seeded from the ledger
         self._admitted: dict[str, Admission] = {}  # record id -> what it holds
-        self._settling: set[asyncio.Task[None]] = set()
+        self._pending: deque[tuple[Admission, float | None, bool]] = deque()  # to settle
+        self._settler: asyncio.Task[None] | None = None
         self._periods: dict[str, tuple[float, float | None]] = {}  # kind -> current bounds
 
     def period_of(self, period: str) -> tuple[float, float | None]:
@@ -116,8 +119,13 @@ class Limits:
         self._periods[period] = bounds
         return bounds
 
-    async def admit(self, client: Client, record: UsageRecord) -> Admission:
-        """Let the request through holding its limits, or raise BudgetExceeded / RateLimited."""
+    async def admit(
+        self, client: Client, record: UsageRecord, guard: Guard | None = None
+    ) -> Admission:
+        """Let the request through holding its limits, or raise BudgetExceeded / RateLimited.
+
+        `guard` wraps a wait in the shared queue, so that it ends when the client hangs up.
+        """
         spec = client.spec
         admission = Admission(client.name)
         if spec.rpm is not None:
@@ -133,7 +141,7 @@ class Limits:
                     headers={"retry-after": str(wait), **admission.headers},
                 )
         try:
-            await self._take(client, admission)
+            await self._take(client, admission, guard)
         except BaseException:
             await self._release(admission)
             raise
@@ -141,7 +149,7 @@ class Limits:
         self.in_flight[client.name] = self.in_flight.get(client.name, 0) + 1
         return admission
 
-    async def _take(self, client: Client, admission: Admission) -> None:
+    async def _take(self, client: Client, admission: Admission, guard: Guard | None) -> None:
         spec = client.spec
         if spec.max_concurrent is not None:
             admission.slot = await self.counters.acquire_slot(
@@ -161,9 +169,8 @@ class Limits:
             await self._reserve(GATEWAY, gateway_budget, period, admission)
         if self.queue is not None:
             try:
-                await self.queue.admit(
-                    client.name, spec.weight, self.settings.queue_timeout_ms / 1000
-                )
+                timeout_s = self.settings.queue_timeout_ms / 1000
+                await self.queue.admit(client.name, spec.weight, timeout_s, guard)
             except QueueTimeout as exc:
                 wait = whole_seconds(exc.verdict.retry_s)
                 raise RateLimited(
@@ -215,9 +222,14 @@ class Limits:
             record.credits_reserved = max(h.reservation.amount for h in admission.holds)
         if not admission.holds and admission.slot is None:
             return
-        task = asyncio.ensure_future(self._settle(admission, record.credits_used, unknown))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        self._pending.append((admission, record.credits_used, unknown))
+        if self._settler is None or self._settler.done():  # one task settles a whole batch
+            self._settler = asyncio.ensure_future(self._settle_pending())
+
+    async def _settle_pending(self) -> None:
+        pending = self._pending
+        while pending:
+            await self._settle(*pending.popleft())
 
     async def _settle(self, admission: Admission, credits: float | None, unknown: bool) -> None:
         try:
@@ -236,7 +248,7 @@ class Limits:
 
     async def drain(self) -> None:
         """Wait for settlements under way (at shutdown), then stop the shared queue."""
-        if self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
+        if self._settler is not None:
+            await asyncio.gather(self._settler, return_exceptions=True)
         if self.queue is not None:
             await self.queue.aclose()

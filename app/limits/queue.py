@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Awaitable, Callable
 
 from app.limits.counters import Counters, WindowVerdict
 
@@ -47,8 +48,18 @@ class FairQueue:
         """How many requests are waiting right now."""
         return sum(len(queue) for queue in self._waiting.values())
 
-    async def admit(self, client: str, weight: int, timeout_s: float) -> None:
-        """Return once the request may go upstream; raise QueueTimeout after `timeout_s`."""
+    async def admit(
+        self,
+        client: str,
+        weight: int,
+        timeout_s: float,
+        guard: Callable[[Awaitable[None]], Awaitable[None]] | None = None,
+    ) -> None:
+        """Return once the request may go upstream; raise QueueTimeout after `timeout_s`.
+
+        `guard` wraps the wait (only a request that has to wait is guarded): it may end the
+        wait with its own exception, when the client hangs up.
+        """
         if not self._order:
             verdict = await self.counters.window_hit(GATEWAY_WINDOW_KEY, self.limit, self.window_s)
             if verdict.allowed:
@@ -58,7 +69,8 @@ class FairQueue:
         waiter = asyncio.get_running_loop().create_future()
         self._enqueue(client, weight, waiter)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+            wait = asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+            await (wait if guard is None else guard(wait))
         except TimeoutError:
             if waiter.done() and not waiter.cancelled():  # granted at the last moment
                 return
