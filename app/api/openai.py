@@ -32,7 +32,7 @@ from app.api.schemas import (
 from app.clients import Client
 from app.edge import body_timed_out
 from app.errors import BodyTooLarge, GatewayError, InvalidRequest, RequestTimeout
-from app.limits.spend import current_headers
+from app.limits.spend import error_headers
 from app.records import new_id
 from app.relay import StreamRelay, unless_disconnected
 from app.routing import apply_target, resolve
@@ -40,7 +40,6 @@ from app.scrub import MAX_ERROR_CODE_CHARS
 from app.state import Gateway
 from app.usage import CHAT, RESPONSES, ask_for_stream_usage, usage_from_body
 
-RATE_LIMIT_HEADER = "x-ratelimit-limit-requests"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _Endpoint = TypeVar("_Endpoint", bound=Callable[..., Awaitable[Response]])
 router = APIRouter()
@@ -157,20 +156,10 @@ async def proxy_generation(request: Request, endpoint: str) -> Response:
         response = Response(answer, reply.status_code, reply_headers)
     except BaseException as exc:
         if client is not None and isinstance(exc, GatewayError):
-            await _with_rate_headers(gateway, client, exc, reply_headers)
+            reply_headers.update(await error_headers(gateway.limits, client, exc, reply_headers))
         response = _failure(account, exc, reply_headers)
     await account.durable()
     return response
-
-
-async def _with_rate_headers(
-    gateway: Gateway, client: Client, error: GatewayError, headers: dict[str, str]
-) -> None:
-    """Give the gateway's own error answer the client's x-ratelimit-* headers too."""
-    if client.spec.rpm is None or RATE_LIMIT_HEADER in headers:
-        return
-    if RATE_LIMIT_HEADER not in error.headers:
-        headers.update(await current_headers(gateway.limits, client))
 
 
 def _failure(account: RequestAccount, exc: BaseException, headers: dict[str, str]) -> Response:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from app.clients import Client
+from app.errors import GatewayError
 from app.limits.admission import GATEWAY, Limits, client_key, rate_headers
 from app.limits.periods import iso
 
 SpentSince = Callable[[float], Awaitable[float]]
+RATE_LIMIT_HEADER = "x-ratelimit-limit-requests"
 
 
 async def seed_budget(limits: Limits, subject: str, period: str, spent_since: SpentSince) -> None:
@@ -34,6 +36,15 @@ async def current_headers(limits: Limits, client: Client) -> dict[str, str]:
         return {}
     verdict = await limits.counters.window_peek(client_key(client.name), rpm, limits.window_s)
     return rate_headers(verdict)
+
+
+async def error_headers(
+    limits: Limits, client: Client, error: GatewayError, sent: Mapping[str, str]
+) -> dict[str, str]:
+    """The `x-ratelimit-*` headers a gateway error answer still lacks (none without an rpm)."""
+    if client.spec.rpm is None or RATE_LIMIT_HEADER in sent or RATE_LIMIT_HEADER in error.headers:
+        return {}
+    return await current_headers(limits, client)
 
 
 async def spend_report(limits: Limits, client: Client, spent_since: SpentSince) -> dict[str, Any]:
