@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 
 from app.accounting import RequestAccount
+from app.alerts import Alerts
 from app.auth import KeyStore
 from app.config import Settings
 from app.errors import RouteNotFound
@@ -26,7 +27,7 @@ from app.upstream import Upstream
 logger = logging.getLogger("mavera_gateway.requests")
 
 PERSONAS_CACHE_TTL_S = 30.0
-RESTART_SECTIONS = ("server", "upstream", "ledger", "limits")
+RESTART_SECTIONS = ("server", "upstream", "ledger", "limits", "alerts")
 
 
 @dataclass
@@ -62,14 +63,17 @@ class Gateway:
     metrics: Metrics
     ledger: Ledger
     personas_cache: TtlCache = field(default_factory=TtlCache)
-    # Called after each settlement, per budget the request counted against, with (subject:
-    # client name or "gateway", spent, budget, period, period start); must not block.
+    alerts: Alerts | None = None  # set when [alerts] webhook_url is; settlements observe it
+    # Also called after each settlement, per budget the request counted against, with
+    # (subject: client name or "gateway", spent, budget, period, period start); must not block.
     on_spend: SpendHook | None = None
 
     def __post_init__(self) -> None:
         self.limits.on_spend = self._spent
 
     def _spent(self, subject: str, spent: float, budget: float, period: str, began: float) -> None:
+        if self.alerts is not None:
+            self.alerts.observe(subject, spent, budget, period, began)
         if self.on_spend is not None:
             self.on_spend(subject, spent, budget, period, began)
 
@@ -101,23 +105,21 @@ class Gateway:
         At start, and for clients that appear or change budget period on a reload.
         """
         limits = self.settings.limits
-        if limits.gateway_credit_budget is not None:
-            await seed_budget(
-                self.limits,
-                GATEWAY,
-                limits.gateway_budget_period,
-                functools.partial(self.ledger.spent_since, None),
-            )
-        for client in self.keys.clients():
-            spec = client.spec
-            if spec.credit_budget is None:
+        budgets = [
+            (client.name, client.spec.credit_budget, client.spec.budget_period)
+            for client in self.keys.clients()
+        ]
+        budgets.append((GATEWAY, limits.gateway_credit_budget, limits.gateway_budget_period))
+        for subject, budget, period in budgets:
+            if budget is None:
                 continue
-            await seed_budget(
-                self.limits,
-                client.name,
-                spec.budget_period,
-                functools.partial(self.ledger.spent_since, client.name),
+            who = None if subject == GATEWAY else subject
+            seeded = await seed_budget(
+                self.limits, subject, period, functools.partial(self.ledger.spent_since, who)
             )
+            if seeded is not None and self.alerts is not None:
+                # thresholds crossed before a restart count as alerted already
+                self.alerts.seed(subject, seeded, budget, period, self.limits.period_of(period)[0])
 
     def reconfigure(self, new: Settings) -> list[str]:
         """Take on a reloaded config; return the sections that only a restart can change.

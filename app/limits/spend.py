@@ -14,19 +14,23 @@ SpentSince = Callable[[float], Awaitable[float]]
 RATE_LIMIT_HEADER = "x-ratelimit-limit-requests"
 
 
-async def seed_budget(limits: Limits, subject: str, period: str, spent_since: SpentSince) -> None:
+async def seed_budget(
+    limits: Limits, subject: str, period: str, spent_since: SpentSince
+) -> float | None:
     """Start the current period of a budget ("gateway" or a client) from the ledger's figure.
 
-    Once per subject and period kind: later figures come from settlements, not the ledger.
+    Once per subject and period kind (later figures come from settlements, not the ledger):
+    returns the figure when it was read now, None when the budget was seeded before.
     """
     seen = limits.seeded
     if (subject, period) in seen:
-        return
+        return None
     began, _ = limits.period_of(period)
     spent = await spent_since(began)
     key = GATEWAY if subject == GATEWAY else client_key(subject)
     await limits.counters.load(key, began, spent)
     seen.add((subject, period))
+    return spent
 
 
 async def current_headers(limits: Limits, client: Client) -> dict[str, str]:
