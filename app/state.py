@@ -21,6 +21,7 @@ from app.limits import Limits
 from app.limits.admission import GATEWAY, SpendHook
 from app.limits.spend import seed_budget
 from app.metrics import Metrics
+from app.personas import PersonaNames
 from app.records import UsageRecord
 from app.upstream import Upstream
 
@@ -62,6 +63,7 @@ class Gateway:
     writer: LedgerWriter
     metrics: Metrics
     ledger: Ledger
+    persona_names: PersonaNames
     personas_cache: TtlCache = field(default_factory=TtlCache)
     alerts: Alerts | None = None  # set when [alerts] webhook_url is; settlements observe it
     # Also called after each settlement, per budget the request counted against, with

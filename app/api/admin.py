@@ -16,9 +16,11 @@ from starlette.responses import Response
 
 from app.api.schemas import (
     ERRORS,
+    GENERATION_ERRORS,
     CreatedKey,
     KeyList,
     NewKey,
+    Reconciliation,
     RecordPage,
     Revoked,
     Spend,
@@ -29,7 +31,8 @@ from app.clients import LOCAL_CLIENT, ClientSpec, InvalidClientSpec
 from app.errors import ClientNotFound, GatewayError, InvalidApiKey, InvalidRequest
 from app.ledger.protocol import REPORT_GROUPS, KeyExists, ReportGroup
 from app.limits.spend import spend_report
-from app.reports import fetch_records, parse_time, summarize
+from app.reconcile import UpstreamRefused, reconcile
+from app.reports import fetch_records, footnote, parse_time, summarize
 from app.state import Gateway
 
 MAX_PAGE = 1000
@@ -91,7 +94,8 @@ async def usage(
     start = _time(since, "since")
     end = _time(until, "until") if until is not None else None
     rows = await summarize(gateway.ledger, since=start, until=end, by=by)
-    return _json({"object": "list", "by": by, "since": start, "until": end, "data": rows})
+    report = {"object": "list", "by": by, "since": start, "until": end, "data": rows}
+    return _json({**report, "note": footnote(by)})
 
 
 @router.get("/usage/records", summary="Raw usage records, newest first", response_model=RecordPage)
@@ -168,6 +172,20 @@ async def dashboard(request: Request) -> Response:
         raise AdminDisabled("the dashboard is off: set MAVERA_GATEWAY_ADMIN_KEY to enable it")
     page = resources.files("app").joinpath("static/dashboard.html").read_bytes()
     return Response(page, media_type="text/html; charset=utf-8")
+
+
+@router.get(
+    "/reconcile",
+    summary="The ledger's credits for Mavera's billing period next to Mavera's GET /usage",
+    response_model=Reconciliation,
+    responses={502: GENERATION_ERRORS[502]},
+)
+async def reconcile_credits(gateway: Admin) -> Response:
+    """GET /admin/reconcile: Mavera's bill, the ledger's total, the difference, unknown costs."""
+    try:
+        return _json(await reconcile(gateway.upstream, gateway.ledger))
+    except UpstreamRefused as exc:  # Mavera's own 4xx, passed on as elsewhere
+        return Response(exc.body, exc.status, exc.headers)
 
 
 @router.get(
