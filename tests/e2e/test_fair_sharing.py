@@ -85,7 +85,8 @@ def test_two_clients_share_the_key_evenly(make_gateway: GatewayFactory) -> None:
     total = sum(admitted.values())
     assert total >= LIMIT  # at least one window's worth went through the queue
     assert admitted["alice"] >= total // 2 - 1 and admitted["bob"] >= total // 2 - 1, admitted
-    assert {status for _, status in results} <= {200, 429}
+    statuses = Counter(status for _, status in results)
+    assert set(statuses) == {200, 429}  # demand exceeded the limit, and the rest waited in vain
     _check_upstream(gateway)
 
 
