@@ -100,8 +100,12 @@ class Ledger(Protocol):
         `record_tags(record_id, tag)`, which `usage_rows(by="tag")` joins.
         """
 
-    async def spent_since(self, client: str, since: float) -> float:
-        """Credits the client's requests received since `since` have cost, as far as known."""
+    async def spent_since(self, client: str | None, since: float) -> float:
+        """Credits the client's (None: all clients') requests received since `since` have cost.
+
+        Each record counts `credits_used`, or when that is unknown the `credits_reserved` that
+        its budget reservation kept (SUM(COALESCE(credits_used, credits_reserved))).
+        """
 
     async def usage_rows(self, since: float, until: float, by: ReportGroup) -> list[UsageRow]:
         """The records received in [since, until), reduced to what a report adds up."""
