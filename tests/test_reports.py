@@ -46,7 +46,13 @@ def fetch_records(store: LedgerUnderTest, **options: Any) -> list[dict[str, Any]
     return rows
 
 
-MIGRATIONS = ["0001_usage_records", "0002_gateway_keys", "0003_persona_source", "0005_attribution"]
+MIGRATIONS = [
+    "0001_usage_records",
+    "0002_gateway_keys",
+    "0003_persona_source",
+    "0004_reservation",
+    "0005_attribution",
+]
 
 
 def record(**fields: Any) -> UsageRecord:
@@ -531,6 +537,20 @@ def test_fetch_records_ties_are_stable(store: LedgerUnderTest) -> None:
 
 
 # --- the ledger -----------------------------------------------------------------------------
+
+
+def test_spent_since_counts_kept_reservations_and_all_clients(store: LedgerUnderTest) -> None:
+    store.write(
+        [
+            record(client="a", received_at=NOW, credits_used=3),
+            record(client="a", received_at=NOW, credits_used=None, credits_reserved=5),
+            record(client="a", received_at=NOW - 10, credits_used=100),
+            record(client="b", received_at=NOW, credits_used=2),
+        ]
+    )
+    assert store.run(store.ledger.spent_since("a", NOW - 1)) == 8
+    assert store.run(store.ledger.spent_since(None, NOW - 1)) == 10
+    assert store.run(store.ledger.spent_since(None, 0)) == 110
 
 
 def test_migrations_are_recorded_in_order(store: LedgerUnderTest) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 import time
 from importlib import resources
@@ -22,12 +23,14 @@ from app.api.schemas import (
     Reconciliation,
     RecordPage,
     Revoked,
+    Spend,
     UsageReport,
 )
 from app.auth import authorization, issue_key, key_digest
-from app.clients import ClientSpec, InvalidClientSpec
-from app.errors import GatewayError, InvalidApiKey, InvalidRequest
+from app.clients import LOCAL_CLIENT, ClientSpec, InvalidClientSpec
+from app.errors import ClientNotFound, GatewayError, InvalidApiKey, InvalidRequest
 from app.ledger.protocol import REPORT_GROUPS, KeyExists, ReportGroup
+from app.limits.spend import spend_report
 from app.reconcile import UpstreamRefused, reconcile
 from app.reports import fetch_records, footnote, parse_time, summarize
 from app.state import Gateway
@@ -183,3 +186,22 @@ async def reconcile_credits(gateway: Admin) -> Response:
         return _json(await reconcile(gateway.upstream, gateway.ledger))
     except UpstreamRefused as exc:  # Mavera's own 4xx, passed on as elsewhere
         return Response(exc.body, exc.status, exc.headers)
+
+
+@router.get(
+    "/clients/{name}/spend",
+    summary="A client's budget period: spent, reserved, remaining, reset time, limits",
+    response_model=Spend,
+)
+async def client_spend(gateway: Admin, name: str) -> Response:
+    """GET /admin/clients/{name}/spend: the client's spend and limits now (404: no such client)."""
+    known = {client.name: client for client in gateway.keys.clients()}
+    if gateway.keys.open_mode:
+        known[LOCAL_CLIENT.name] = LOCAL_CLIENT
+    client = known.get(name)
+    if client is None:
+        raise ClientNotFound(f"no client named {name!r} has a key on this gateway", param="name")
+    report = await spend_report(
+        gateway.limits, client, functools.partial(gateway.ledger.spent_since, name)
+    )
+    return _json(report)

@@ -187,6 +187,23 @@ class RecordPage(BaseModel):
     next_offset: int | None
 
 
+class Spend(BaseModel):
+    """A client's budget period now: settled and reserved credits, limits, requests in flight."""
+
+    client: str
+    budget: int | None = Field(description="credits per period; null: no budget")
+    period: str = Field(description="day, week, month or total")
+    timezone: str = Field(description="where calendar periods begin at midnight ([limits])")
+    spent: float = Field(description="credits settled in this period")
+    reserved: float = Field(description="credits held by requests in flight")
+    remaining: float | None = Field(description="budget - spent - reserved; null: no budget")
+    period_start: str | None = Field(description="ISO 8601 with offset; null for total")
+    resets_at: str | None = Field(description="ISO 8601 with offset; null for total")
+    rpm: int | None
+    max_concurrent: int | None
+    in_flight: int = Field(description="the client's requests in flight on this replica")
+
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in (

@@ -61,6 +61,10 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("ALTER TABLE usage_records ADD COLUMN persona_source TEXT",),
     ),
     (
+        "0004_reservation",
+        ("ALTER TABLE usage_records ADD COLUMN credits_reserved NUMERIC",),
+    ),
+    (
         "0005_attribution",
         (
             "ALTER TABLE usage_records ADD COLUMN tags TEXT",

@@ -184,13 +184,19 @@ class PostgresLedger(PostgresAttribution):
             await db.execute(_INSERT, (rows.decode(),))
             await write_tags(db, records)
 
-    async def spent_since(self, client: str, since: float) -> float:
-        """Known credits of the client's requests received since `since`."""
-        rows = await self._read(
-            "SELECT COALESCE(SUM(credits_used), 0) FROM usage_records "
-            "WHERE client = %s AND received_at >= %s",
-            (client, since),
+    async def spent_since(self, client: str | None, since: float) -> float:
+        """Credits of the client's (None: every client's) requests received since `since`.
+
+        A request whose cost Mavera never reported counts the reservation it kept.
+        """
+        sql = (
+            "SELECT COALESCE(SUM(COALESCE(credits_used, credits_reserved)), 0) "
+            "FROM usage_records WHERE received_at >= %s"
         )
+        if client is None:
+            rows = await self._read(sql, (since,))
+        else:
+            rows = await self._read(sql + " AND client = %s", (since, client))
         return float(rows[0][0])
 
     async def usage_totals(self, since: float, until: float, by: ReportGroup) -> list[UsageTotals]:

@@ -110,8 +110,12 @@ class Ledger(Protocol):
         `record_tags(record_id, tag)`, which `usage_totals(by="tag")` joins.
         """
 
-    async def spent_since(self, client: str, since: float) -> float:
-        """Credits the client's requests received since `since` have cost, as far as known."""
+    async def spent_since(self, client: str | None, since: float) -> float:
+        """Credits the client's (None: all clients') requests received since `since` have cost.
+
+        Each record counts `credits_used`, or when that is unknown the `credits_reserved` that
+        its budget reservation kept (SUM(COALESCE(credits_used, credits_reserved))).
+        """
 
     async def usage_totals(self, since: float, until: float, by: ReportGroup) -> list[UsageTotals]:
         """Per group, the totals of the records received in [since, until), summed in SQL."""

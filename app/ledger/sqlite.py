@@ -165,14 +165,17 @@ class SqliteLedger(SqliteAttribution):
             db.execute(_INSERT, (rows,))
             write_tags(db, records)
 
-    async def spent_since(self, client: str, since: float) -> float:
-        """Known credits of the client's requests received since `since`."""
-        rows = await asyncio.to_thread(
-            self._read,
-            "SELECT COALESCE(SUM(credits_used), 0) FROM usage_records "
-            "WHERE client = ? AND received_at >= ?",
-            (client, since),
-        )
+    async def spent_since(self, client: str | None, since: float) -> float:
+        """Credits of the client's (None: every client's) requests received since `since`.
+
+        A request whose cost Mavera never reported counts the reservation it kept.
+        """
+        spent = "COALESCE(SUM(COALESCE(credits_used, credits_reserved)), 0)"
+        params: tuple[Any, ...] = (since,)
+        sql = f"SELECT {spent} FROM usage_records WHERE received_at >= ?"
+        if client is not None:
+            sql, params = sql + " AND client = ?", (since, client)
+        rows = await asyncio.to_thread(self._read, sql, params)
         return float(rows[0][0])
 
     async def usage_totals(self, since: float, until: float, by: ReportGroup) -> list[UsageTotals]:

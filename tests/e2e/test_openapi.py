@@ -33,6 +33,7 @@ EXPECTED = {
     ("get", "/admin/keys"),
     ("post", "/admin/keys"),
     ("delete", "/admin/keys/{name}"),
+    ("get", "/admin/clients/{name}/spend"),
     ("get", "/dashboard"),
 }
 
