@@ -95,12 +95,14 @@ PROXY_VARIABLES = ("https_proxy", "http_proxy", "no_proxy", "all_proxy", "ssl_ce
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never see the developer's MAVERA_* settings or proxies."""
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tests never see the developer's MAVERA_* settings or proxies, and never write to the
+    real per-user data directory (the default ledger's home): theirs is in the test's tmp."""
     for name in list(os.environ):
         if name.startswith("MAVERA_") or name.lower() in PROXY_VARIABLES:
             monkeypatch.delenv(name)
     monkeypatch.delenv("REQUEST_METHOD", raising=False)  # urllib ignores HTTP_PROXY under CGI
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
 
 
 class _LogCollector(logging.Handler):

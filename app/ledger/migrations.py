@@ -1,7 +1,9 @@
 """Ordered, named schema migrations; each applied once and recorded in `schema_migrations`.
 
 The SQL is written to run on both SQLite and PostgreSQL. Never edit a released migration:
-add the next one.
+add the next one. Migrations are applied by name, in the order listed here, skipping those a
+database already has; so a name may be missing from the sequence (numbers reserved for work on
+another branch) and a database that had a later one first takes the earlier one when it appears.
 """
 
 from __future__ import annotations
@@ -57,5 +59,24 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "0003_persona_source",
         ("ALTER TABLE usage_records ADD COLUMN persona_source TEXT",),
+    ),
+    (
+        "0006_audit",
+        (
+            # the ClientSpec fields that came after 0002, so stored keys keep all their settings
+            "ALTER TABLE gateway_keys ADD COLUMN max_concurrent INTEGER",
+            "ALTER TABLE gateway_keys ADD COLUMN weight INTEGER",
+            "ALTER TABLE gateway_keys ADD COLUMN tags TEXT",  # a JSON array
+            # every admin change to keys: who, when, what; never key material
+            """CREATE TABLE admin_audit (
+                id TEXT PRIMARY KEY,
+                at DOUBLE PRECISION NOT NULL,
+                actor TEXT NOT NULL,
+                action TEXT NOT NULL,
+                client TEXT NOT NULL,
+                changes TEXT NOT NULL
+            )""",
+            "CREATE INDEX admin_audit_at ON admin_audit (at)",
+        ),
     ),
 )
