@@ -106,9 +106,8 @@ async def run_keys(args: argparse.Namespace, ledger: Ledger, configured: list[st
     elif args.keys_command == "list":
         print(_listing(await ledger.keys(), args.format))
     elif args.keys_command == "update":
-        before = await key_admin.active_key(ledger, args.name)
-        after = await key_admin.update_key(ledger, args.name, spec_patch(args), actor, configured)
-        changes = key_admin.changed_fields(before.spec, after.spec)
+        patch = spec_patch(args)
+        _, changes = await key_admin.update_key(ledger, args.name, patch, actor, configured)
         if not changes:
             print(f"client {args.name!r}: nothing to change")
         else:

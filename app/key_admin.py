@@ -95,20 +95,21 @@ async def update_key(
     patch: Mapping[str, Any],
     actor: str,
     configured: Collection[str] = (),
-) -> StoredKey:
+) -> tuple[StoredKey, dict[str, dict[str, Any]]]:
     """Change some settings of the client's active key, audited with the fields that changed;
-    InvalidClientSpec (nothing stored) for a bad patch, NoActiveKey if there is no such key."""
+    the key as stored and those changes. InvalidClientSpec (nothing stored) for a bad patch,
+    NoActiveKey if there is no such key."""
     _check_editable(name, configured)
     current = await active_key(ledger, name)
     spec = apply_patch(current.spec, patch)
     changes = changed_fields(current.spec, spec)
     if not changes:
-        return current
+        return current, changes
     entry = AuditEntry(time.time(), actor, "key.updated", name, changes)
     stored = await ledger.update_key(name, spec, entry)
     if stored is None:  # revoked in the meantime
         raise NoActiveKey(f"no active key named {name!r}")
-    return stored
+    return stored, changes
 
 
 async def revoke_key(

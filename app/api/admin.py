@@ -178,7 +178,7 @@ async def update_key(
 ) -> Response:
     """PATCH /admin/keys/{name}: change the given settings; the next request sees them."""
     with _key_errors():
-        stored = await key_admin.update_key(
+        stored, _ = await key_admin.update_key(
             gateway.ledger, name, patch, _actor(request), gateway.settings.clients
         )
     await gateway.reload_keys()
