@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.clients import ClientSpec
 
@@ -108,6 +108,12 @@ class NewKey(ClientSpec):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: str = Field(min_length=1, max_length=64, examples=["alice"])
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _json_array(cls, value: Any) -> Any:
+        # JSON has arrays, not tuples, and strict validation takes only a tuple for a tuple
+        return tuple(value) if isinstance(value, list) else value
 
 
 class CreatedKey(BaseModel):
