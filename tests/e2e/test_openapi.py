@@ -32,6 +32,8 @@ EXPECTED = {
     ("get", "/admin/keys"),
     ("post", "/admin/keys"),
     ("delete", "/admin/keys/{name}"),
+    ("patch", "/admin/keys/{name}"),
+    ("get", "/admin/audit"),
     ("get", "/dashboard"),
 }
 
