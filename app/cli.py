@@ -123,12 +123,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return with_ledger(
             settings,
             lambda ledger: cli_keys.run_keys(args, ledger, configured),
-            read_only=args.keys_command != "create",
+            must_exist=args.keys_command != "create",
         )
     elif args.command == "audit":
         since = parse_time(args.since) if args.since else 0.0
         return with_ledger(
-            settings, lambda ledger: cli_keys.run_audit(args, ledger, since), read_only=True
+            settings, lambda ledger: cli_keys.run_audit(args, ledger, since), must_exist=True
         )
     elif args.command == "usage":
         since = parse_time(args.since)
@@ -136,7 +136,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         rows = with_ledger(
             settings,
             lambda ledger: summarize(ledger, since=since, until=until, by=args.by),
-            read_only=True,
+            must_exist=True,
         )
         print(render(rows, args.format))
     return 0

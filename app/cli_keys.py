@@ -54,10 +54,16 @@ def add_commands(commands: Any, config_option: Any) -> None:
     revoke.add_argument("name")
     audit = commands.add_parser("audit", help="admin changes to keys, newest first")
     audit.add_argument("--since", help="30m, 24h, 7d or a date (default: all)")
-    audit.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    audit.add_argument("--limit", type=_positive, default=100, help="at most this many (100)")
     audit.add_argument("--format", choices=["table", "json"], default="table")
     for parser in (create, update, listing, revoke, audit):
         config_option(parser)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return int(text)
 
 
 def _spec_flags(parser: argparse.ArgumentParser) -> None:

@@ -21,16 +21,17 @@ class LedgerMissing(Exception):
 
 
 def with_ledger(
-    settings: Settings, work: Callable[[Ledger], Awaitable[T]], *, read_only: bool
+    settings: Settings, work: Callable[[Ledger], Awaitable[T]], *, must_exist: bool
 ) -> T:
     """Run `work` against the configured ledger, opened for it and closed after.
 
-    `read_only`: the database must exist already (LedgerMissing, and nothing created, if not).
+    `must_exist`: for commands that read, or change what is there (`keys update`): the database
+    must exist already (LedgerMissing, and nothing created, if not).
     """
     url = settings.ledger.database_url
     ledger = open_ledger(url)
     print(f"ledger: {ledger.description}", file=sys.stderr)
-    if read_only and not database_exists(url):
+    if must_exist and not database_exists(url):
         raise LedgerMissing(
             f"there is no ledger at {ledger.description}: nothing was ever recorded there. "
             "Point MAVERA_GATEWAY_DATABASE_URL (or [ledger] database_url) at the gateway's "

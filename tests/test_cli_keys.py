@@ -416,3 +416,13 @@ def test_version_from_the_console(tmp_path: Path) -> None:
     done = _cli(tmp_path, dict(os.environ), "--version")
     assert done.returncode == 0
     assert re.fullmatch(r"mavera-gateway \d+\.\d+\.\d+\S*\n", done.stdout), done.stdout
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "many"])
+def test_audit_limit_must_be_positive(
+    database: str, capsys: pytest.CaptureFixture[str], limit: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["audit", "--limit", limit])
+    assert exited.value.code == 2
+    assert "--limit" in capsys.readouterr().err

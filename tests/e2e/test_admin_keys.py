@@ -9,6 +9,7 @@ import hashlib
 import sqlite3
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -282,3 +283,28 @@ def test_a_client_of_the_config_file_is_edited_there(make_gateway: GatewayFactor
     assert _keys(gateway) == []
     assert admin(gateway, "GET", "/admin/audit").json()["data"] == []
     assert chat(gateway, team_key).choices, "the config file's key is untouched"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"authorization": "Bearer wrong-admin-key"}, {"authorization": ADMIN_KEY}],
+    ids=["none", "wrong", "no-scheme"],
+)
+def test_changes_without_the_admin_key_are_401s_and_change_nothing(
+    make_gateway: GatewayFactory, headers: dict[str, str]
+) -> None:
+    gateway = make_gateway(admin={"key": ADMIN_KEY})
+    key = create(gateway, "erin", rpm=5)
+    before, stored = _keys(gateway), _digests(gateway)
+    for method, path, body in (
+        ("PATCH", "/admin/keys/erin", {"rpm": 500}),
+        ("DELETE", "/admin/keys/erin", None),
+        ("POST", "/admin/keys", {"name": "frank"}),
+    ):
+        response = httpx.request(method, gateway.url + path, headers=headers, json=body, timeout=10)
+        error(response, 401, "invalid_api_key")
+    assert _keys(gateway) == before and _digests(gateway) == stored
+    assert [row["action"] for row in admin(gateway, "GET", "/admin/audit").json()["data"]] == [
+        "key.created"
+    ]
+    assert chat(gateway, key).choices

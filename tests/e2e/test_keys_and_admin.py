@@ -92,6 +92,23 @@ def test_cli_created_key_is_picked_up_with_its_persona(
     assert (listed["credit_budget"], listed["rpm"], listed["persona_id"]) == (500, 100, persona)
 
 
+def test_cli_update_reaches_a_running_gateway(make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    gateway = make_gateway(admin={"key": ADMIN_KEY})
+    key = create(gateway, "ivy", persona_id=PERSONAS[1])
+    chat(gateway, key)
+    assert gateway.sim.records[-1].persona_id == PERSONAS[1]
+
+    done = _cli(tmp_path, "keys", "update", "ivy", "--persona", PERSONAS[2])
+    assert done.returncode == 0, done.stderr
+    assert f'persona_id "{PERSONAS[1]}" -> "{PERSONAS[2]}"' in done.stdout
+
+    def moved() -> bool:
+        chat(gateway, key)
+        return bool(gateway.sim.records[-1].persona_id == PERSONAS[2])
+
+    _eventually(moved, PICKUP_S, "the new persona was not picked up")
+
+
 # --- admin authentication ---------------------------------------------------------------------
 
 
