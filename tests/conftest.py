@@ -81,6 +81,15 @@ def ledger(tmp_path: Path) -> Iterator[SqliteLedger]:
     store.close_sync()
 
 
+@pytest.fixture
+def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The URL of a SQLite ledger file in the test's directory (not created), set as
+    MAVERA_GATEWAY_DATABASE_URL for the CLI."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    monkeypatch.setenv("MAVERA_GATEWAY_DATABASE_URL", url)
+    return url
+
+
 def ledger_rows(database_url: str) -> list[dict[str, Any]]:
     """Every usage record in a SQLite ledger, oldest first, read on a connection of its own."""
     with contextlib.closing(sqlite3.connect(sqlite_path(database_url))) as db:

@@ -17,6 +17,7 @@ import pytest
 from app.cli import main
 from app.ledger.sqlite import SqliteLedger
 from app.records import UsageRecord
+from tests.cliruns import run
 
 NOW = time.time()
 HOUR = 3600.0
@@ -31,19 +32,6 @@ COLUMNS = [
     "p50_ms",
     "p95_ms",
 ]
-
-
-@pytest.fixture
-def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    monkeypatch.setenv("MAVERA_GATEWAY_DATABASE_URL", url)
-    return url
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def record(ago_s: float, client: str, **fields: Any) -> UsageRecord:

@@ -1,63 +1,24 @@
-"""`mavera-gateway keys create|list|update|revoke` and `audit`, in-process against a SQLite file
-(and as a subprocess where the current directory or the OS user matters)."""
+"""`mavera-gateway keys create|list|update|revoke`, in-process against a SQLite file: every
+setting, every bad flag (exit 2, nothing stored), human times, config-file clients."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import getpass
 import hashlib
-import json
-import os
 import re
-import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from app.auth import key_digest, new_key
-from app.cli import main
 from app.clients import ClientSpec
 from app.ledger.protocol import StoredKey
 from app.ledger.sqlite import SqliteLedger
+from tests.cliruns import audit_json, db_rows, listed, run
 
 DAY = 86400.0
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    monkeypatch.setenv("MAVERA_GATEWAY_DATABASE_URL", url)
-    return url
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def listed(capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, Any]]:
-    code, out, err = run(capsys, "keys", "list", "--format", "json")
-    assert code == 0, err
-    return {row["name"]: row for row in json.loads(out)}
-
-
-def db_rows(database: str, sql: str) -> list[tuple[Any, ...]]:
-    with contextlib.closing(sqlite3.connect(database.removeprefix("sqlite:///"))) as db:
-        return db.execute(sql).fetchall()
-
-
-def audit_json(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
-    code, out, err = run(capsys, "audit", "--format", "json")
-    assert code == 0, err
-    rows: list[dict[str, Any]] = json.loads(out)
-    return rows
 
 
 # --- create and list ----------------------------------------------------------------------------
@@ -276,153 +237,3 @@ def test_keys_revoke(database: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "keys", "revoke", "bob")
     assert code == 1
     assert "no active key named 'bob'" in err
-
-
-# --- audit ------------------------------------------------------------------------------------
-
-
-def test_every_change_is_audited_with_the_os_user_and_no_key_material(
-    database: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    _, out, _ = run(capsys, "keys", "create", "alice", "--rpm", "60", "--tags", "a")
-    [key] = re.findall(r"mgw_[A-Za-z0-9_\-]+", out)
-    run(capsys, "keys", "update", "alice", "--rpm", "90", "--budget", "100")
-    run(capsys, "keys", "revoke", "alice")
-
-    revoked, updated, created = audit_json(capsys)
-    actor = f"cli:{getpass.getuser()}"
-    assert {row["actor"] for row in (revoked, updated, created)} == {actor}
-    assert {row["client"] for row in (revoked, updated, created)} == {"alice"}
-    assert (created["action"], updated["action"], revoked["action"]) == (
-        "key.created",
-        "key.updated",
-        "key.revoked",
-    )
-    assert created["changes"] == {
-        "rpm": {"before": None, "after": 60},
-        "tags": {"before": None, "after": ["a"]},
-    }
-    assert updated["changes"] == {
-        "rpm": {"before": 60, "after": 90},
-        "credit_budget": {"before": None, "after": 100},
-    }
-    assert revoked["changes"] == {}
-    assert created["at"] <= updated["at"] <= revoked["at"] <= time.time()
-
-    code, table, _ = run(capsys, "audit")
-    assert code == 0
-    lines = table.rstrip("\n").split("\n")
-    assert lines[0].split() == ["when", "actor", "action", "client", "changes"]
-    assert "key.revoked" in lines[2] and "key.created" in lines[4]
-    assert "rpm 60 -> 90" in lines[3] and "UTC (just now)" in lines[3]
-
-    dump = "\n".join(map(repr, db_rows(database, "SELECT * FROM admin_audit")))
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    for secret in (key, key[4:], digest):
-        assert secret not in dump and secret not in table
-
-
-def test_audit_since_and_limit(database: str, capsys: pytest.CaptureFixture[str]) -> None:
-    for name in ("a1", "a2", "a3"):
-        run(capsys, "keys", "create", name)
-    code, out, _ = run(capsys, "audit", "--limit", "2", "--format", "json")
-    assert code == 0
-    assert [row["client"] for row in json.loads(out)] == ["a3", "a2"]
-    code, out, _ = run(capsys, "audit", "--since", "2999-01-01")
-    assert code == 0 and "no admin changes" in out
-
-
-# --- which database ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["keys", "list", "--format", "json"],
-        ["keys", "create", "zed"],
-        ["keys", "update", "alice", "--rpm", "7"],
-        ["keys", "revoke", "alice"],
-        ["audit", "--format", "json"],
-    ],
-)
-def test_every_ledger_command_says_which_database_on_stderr(
-    database: str, capsys: pytest.CaptureFixture[str], command: list[str]
-) -> None:
-    run(capsys, "keys", "create", "alice")
-    code, out, err = run(capsys, *command)
-    assert code == 0, err
-    path = Path(database.removeprefix("sqlite:///")).resolve()
-    assert f"ledger: SQLite file {path}" in err.splitlines()
-    assert "ledger:" not in out
-    if "json" in command:
-        json.loads(out)
-
-
-@pytest.mark.parametrize(
-    "command",
-    [["keys", "list"], ["keys", "update", "a", "--rpm", "1"], ["keys", "revoke", "a"], ["audit"]],
-)
-def test_commands_that_need_a_ledger_refuse_a_missing_file(
-    database: str, capsys: pytest.CaptureFixture[str], command: list[str]
-) -> None:
-    path = Path(database.removeprefix("sqlite:///"))
-    code, out, err = run(capsys, *command)
-    assert code == 1
-    assert out == ""
-    assert f"there is no ledger at SQLite file {path}" in err
-    assert not path.exists()
-
-
-def _cli(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
-def test_the_default_ledger_does_not_depend_on_the_current_directory(tmp_path: Path) -> None:
-    data_home = tmp_path / "data-home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAVERA_")}
-    env["XDG_DATA_HOME"] = str(data_home)
-    env["PYTHONPATH"] = str(ROOT)
-    here, there = tmp_path / "here", tmp_path / "there"
-    here.mkdir()
-    there.mkdir()
-    expected = data_home / "mavera-gateway" / "mavera-gateway.db"
-
-    missing = _cli(here, env, "usage")
-    assert missing.returncode == 1
-    assert f"there is no ledger at SQLite file {expected}" in missing.stderr
-    assert not expected.exists()
-
-    created = _cli(here, env, "keys", "create", "alice")
-    assert created.returncode == 0, created.stderr
-    assert f"ledger: SQLite file {expected}" in created.stderr
-    assert expected.is_file(), "created on first use"
-    found = _cli(there, env, "keys", "list", "--format", "json")
-    assert found.returncode == 0, found.stderr
-    assert [row["name"] for row in json.loads(found.stdout)] == ["alice"]
-    assert f"ledger: SQLite file {expected}" in found.stderr
-    assert list(here.iterdir()) == list(there.iterdir()) == [], "nothing written to the cwd"
-    usage = _cli(there, env, "usage")
-    assert usage.returncode == 0 and "no requests in this period" in usage.stdout
-
-
-def test_version_from_the_console(tmp_path: Path) -> None:
-    done = _cli(tmp_path, dict(os.environ), "--version")
-    assert done.returncode == 0
-    assert re.fullmatch(r"mavera-gateway \d+\.\d+\.\d+\S*\n", done.stdout), done.stdout
-
-
-@pytest.mark.parametrize("limit", ["0", "-1", "many"])
-def test_audit_limit_must_be_positive(
-    database: str, capsys: pytest.CaptureFixture[str], limit: str
-) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main(["audit", "--limit", limit])
-    assert exited.value.code == 2
-    assert "--limit" in capsys.readouterr().err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from typing import Any
 
 import httpx
@@ -52,3 +54,23 @@ def rejected(gateway: RunningGateway, key: str) -> bool:
         assert exc.code == "invalid_api_key"
         return True
     return False
+
+
+def listed_keys(gateway: RunningGateway) -> list[dict[str, Any]]:
+    """GET /admin/keys: every stored key's client and settings."""
+    response = admin(gateway, "GET", "/admin/keys")
+    assert response.status_code == 200, response.text
+    rows: list[dict[str, Any]] = response.json()["data"]
+    return rows
+
+
+def key_rows(gateway: RunningGateway) -> list[tuple[Any, ...]]:
+    """(name, key_sha256, created_at) of every key row in the ledger, read directly."""
+    path = gateway.settings.ledger.database_url.removeprefix("sqlite:///")
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return db.execute("SELECT name, key_sha256, created_at FROM gateway_keys").fetchall()
+
+
+def audit_actions(gateway: RunningGateway) -> list[str]:
+    """The actions of GET /admin/audit, newest first."""
+    return [row["action"] for row in admin(gateway, "GET", "/admin/audit").json()["data"]]
