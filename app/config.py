@@ -13,6 +13,7 @@ import tomllib
 import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -87,6 +88,8 @@ class UpstreamSettings(_Section):
     proxy_url: str | None = None
     ca_bundle: str | None = None
     max_event_bytes: int = Field(1024 * 1024, ge=1024)
+    # read Mavera's persona list once at start (in the background) for reports' persona names
+    persona_names_at_start: bool = True
 
     @field_validator("base_url")
     @classmethod
@@ -187,6 +190,16 @@ class LimitsSettings(_Section):
 class AlertsSettings(_Section):
     webhook_url: str | None = None
     thresholds: tuple[float, ...] = (0.8, 1.0)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                # the URL itself is a secret (Slack's carries a token): not quoted here
+                raise ValueError("the webhook URL must be an http:// or https:// URL with a host")
+        return value
 
     @field_validator("thresholds")
     @classmethod

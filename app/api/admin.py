@@ -19,6 +19,7 @@ from app import key_admin
 from app.api.schemas import (
     CONFLICT,
     ERRORS,
+    GENERATION_ERRORS,
     PATCH_DESCRIPTION,
     PATCH_EXAMPLE,
     AuditLog,
@@ -26,6 +27,7 @@ from app.api.schemas import (
     KeyInfo,
     KeyList,
     NewKey,
+    Reconciliation,
     RecordPage,
     Revoked,
     UsageReport,
@@ -34,7 +36,8 @@ from app.auth import authorization, key_digest
 from app.clients import InvalidClientSpec, parse_client_spec
 from app.errors import GatewayError, InvalidApiKey, InvalidRequest
 from app.ledger.protocol import REPORT_GROUPS, KeyExists, ReportGroup
-from app.reports import fetch_records, parse_time, summarize
+from app.reconcile import UpstreamRefused, reconcile
+from app.reports import fetch_records, footnote, parse_time, summarize
 from app.state import Gateway
 
 MAX_PAGE = 1000
@@ -112,7 +115,8 @@ async def usage(
     start = _time(since, "since")
     end = _time(until, "until") if until is not None else None
     rows = await summarize(gateway.ledger, since=start, until=end, by=by)
-    return _json({"object": "list", "by": by, "since": start, "until": end, "data": rows})
+    report = {"object": "list", "by": by, "since": start, "until": end, "data": rows}
+    return _json({**report, "note": footnote(by)})
 
 
 @router.get("/usage/records", summary="Raw usage records, newest first", response_model=RecordPage)
@@ -245,3 +249,17 @@ async def dashboard(request: Request) -> Response:
         raise AdminDisabled("the dashboard is off: set MAVERA_GATEWAY_ADMIN_KEY to enable it")
     page = resources.files("app").joinpath("static/dashboard.html").read_bytes()
     return Response(page, media_type="text/html; charset=utf-8")
+
+
+@router.get(
+    "/reconcile",
+    summary="The ledger's credits for Mavera's billing period next to Mavera's GET /usage",
+    response_model=Reconciliation,
+    responses={502: GENERATION_ERRORS[502]},
+)
+async def reconcile_credits(gateway: Admin) -> Response:
+    """GET /admin/reconcile: Mavera's bill, the ledger's total, the difference, unknown costs."""
+    try:
+        return _json(await reconcile(gateway.upstream, gateway.ledger))
+    except UpstreamRefused as exc:  # Mavera's own 4xx, passed on as elsewhere
+        return Response(exc.body, exc.status, exc.headers)
