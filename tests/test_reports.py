@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from app import reports
+from app.ledger import migrations
 from app.ledger.sqlite import SqliteLedger
 from app.records import COLUMNS, UsageRecord
 from app.reports import parse_time, render
@@ -51,6 +52,7 @@ MIGRATIONS = [
     "0003_persona_source",
     "0004_reservation",
     "0005_attribution",
+    "0006_audit",
 ]
 
 
@@ -556,3 +558,21 @@ def test_failed_batch_writes_nothing(ledger: SqliteLedger) -> None:
     assert query(ledger, "SELECT COUNT(*) FROM usage_records") == [(0,)]
     ledger.write_sync([good])  # the connection is usable again
     assert query(ledger, "SELECT COUNT(*) FROM usage_records") == [(1,)]
+
+
+def test_a_migration_missing_from_the_sequence_is_applied_when_it_appears(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Numbers may be reserved for another branch: a database that had 0006 first takes 0004
+    # when a later version adds it, and applies nothing twice.
+    url = "sqlite:///" + str(tmp_path / "l.db")
+    first = SqliteLedger(url)
+    first.open_sync()
+    first.close_sync()
+    later = (*migrations.MIGRATIONS, ("0004_later", ("CREATE TABLE later (x INTEGER)",)))
+    monkeypatch.setattr("app.ledger.sqlite.MIGRATIONS", later)
+    again = SqliteLedger(url)
+    again.open_sync()
+    assert asyncio.run(again.applied_migrations()) == sorted([*MIGRATIONS, "0004_later"])
+    assert query(again, "SELECT COUNT(*) FROM later") == [(0,)]
+    again.close_sync()
