@@ -11,19 +11,20 @@ from typing import Any
 
 import pytest
 
-from app.auth import KeyStore, issue_key, key_digest, new_key
+from app.auth import KeyStore, key_digest, new_key
 from app.clients import LOCAL_CLIENT, Client, ClientSpec, InvalidClientSpec
 from app.config import ClientSettings
 from app.errors import InvalidApiKey
+from app.key_admin import create_key as admin_create_key
 from app.ledger.postgres import PostgresLedger
-from app.ledger.protocol import KeyExists, StoredKey
+from app.ledger.protocol import AuditEntry, KeyExists, StoredKey
 from tests.conftest import LedgerUnderTest, raw_query
 
 KEY_SHAPE = re.compile(r"^mgw_[A-Za-z0-9_-]{32,}$")
 
 
 def create_key(store: LedgerUnderTest, name: str, **spec: Any) -> str:
-    key: str = store.run(issue_key(store.ledger, name, ClientSpec(**spec)))
+    key: str = store.run(admin_create_key(store.ledger, name, ClientSpec(**spec), "cli:test"))
     return key
 
 
@@ -262,12 +263,20 @@ def test_a_stored_row_that_no_longer_validates_is_left_out_loudly(
 ) -> None:
     # A row written by an older version without validation (rpm 0) must not make every
     # request of that client fail: the key is ignored, with one error line naming the client.
+    # Rows as 0002_gateway_keys had them: the columns 0006_audit added are NULL.
     create_key(store, "good")
-    store.query(
-        "INSERT INTO gateway_keys VALUES "
-        f"('carol', '{key_digest(new_key())}', NULL, NULL, NULL, 'month', 0, 1.0, NULL)"
+    old_columns = (
+        "name, key_sha256, persona_id, allow_persona_override, credit_budget, budget_period, "
+        "rpm, created_at, revoked_at"
     )
-    assert [k.name for k in list_keys(store)] == ["good"]
+    for name, rpm in (("carol", 0), ("dan", 30)):
+        store.query(
+            f"INSERT INTO gateway_keys ({old_columns}) VALUES "
+            f"('{name}', '{key_digest(new_key())}', NULL, NULL, NULL, 'month', {rpm}, 2.0, NULL)"
+        )
+    keys = list_keys(store)
+    assert [k.name for k in keys] == ["dan", "good"]  # oldest first
+    assert keys[0].spec == ClientSpec(rpm=30), "an old row reads back with today's defaults"
     assert any("carol" in line and "ignored" in line for line in no_key_in_logs.lines)
 
 
@@ -278,7 +287,10 @@ def test_replicas_creating_the_same_client_at_once_store_one_key(postgres_url: s
             await ledger.open()
         try:
             return await asyncio.gather(
-                *(issue_key(ledger, "alice", ClientSpec()) for ledger in ledgers),
+                *(
+                    admin_create_key(ledger, "alice", ClientSpec(), "cli:test")
+                    for ledger in ledgers
+                ),
                 return_exceptions=True,
             )
         finally:
@@ -291,3 +303,28 @@ def test_replicas_creating_the_same_client_at_once_store_one_key(postgres_url: s
     assert all(isinstance(o, KeyExists) for o in outcomes if not isinstance(o, str))
     (digest,) = raw_query(postgres_url, "SELECT key_sha256 FROM gateway_keys")
     assert digest == (key_digest(created[0]),)
+
+
+def test_key_updates_and_revocations_are_audited_in_the_same_commit(store: LedgerUnderTest) -> None:
+    create_key(store, "alice", rpm=10, tags=("team-a",))
+    created = AuditEntry(1.0, "cli:test", "key.created", "bob", {})
+    updated = AuditEntry(
+        2.0, "cli:test", "key.updated", "alice", {"rpm": {"before": 10, "after": 20}}
+    )
+    stored = store.run(
+        store.ledger.update_key("alice", ClientSpec(rpm=20, tags=("team-a",)), updated)
+    )
+    assert stored is not None and stored.spec == ClientSpec(rpm=20, tags=("team-a",))
+    assert store.run(store.ledger.update_key("nobody", ClientSpec(), created)) is None
+    revoked = AuditEntry(3.0, "cli:test", "key.revoked", "alice", {})
+    assert store.run(store.ledger.revoke_key("alice", 3.0, revoked)) is True
+    assert store.run(store.ledger.revoke_key("alice", 4.0, revoked)) is False
+    assert store.run(store.ledger.update_key("alice", ClientSpec(rpm=30), created)) is None
+    store.run(store.ledger.add_audit(created))
+    entries = store.run(store.ledger.audit(1.5, 10))
+    assert [(e.action, e.client, e.changes) for e in entries][1:] == [
+        ("key.revoked", "alice", {}),
+        ("key.updated", "alice", {"rpm": {"before": 10, "after": 20}}),
+    ]  # newest first (the key's creation, audited now, comes first); no-ops are not recorded
+    assert entries[0].action == "key.created" and len(entries) == 3
+    assert [e.id for e in store.run(store.ledger.audit(0, 10))][-1] == created.id

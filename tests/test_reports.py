@@ -14,14 +14,17 @@ import subprocess
 import sys
 import time
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 from app import reports
+from app.ledger import migrations
 from app.ledger.backends import open_ledger
 from app.ledger.postgres import PostgresLedger
+from app.ledger.sqlite import SqliteLedger
 from app.records import COLUMNS, UsageRecord
 from app.reports import parse_time, render
 from tests.conftest import POSTGRES_ADDRESS, LedgerUnderTest, raw_query, through_port
@@ -52,6 +55,7 @@ MIGRATIONS = [
     "0003_persona_source",
     "0004_reservation",
     "0005_attribution",
+    "0006_audit",
 ]
 
 
@@ -697,3 +701,21 @@ def test_a_postgres_gone_away_is_not_ready(postgres_url: str) -> None:
             await ledger.close()
 
     assert asyncio.run(ping_before_and_after_the_cut()) == (True, False)
+
+
+def test_a_migration_missing_from_the_sequence_is_applied_when_it_appears(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Numbers may be reserved for another branch: a database that had 0006 first takes 0004
+    # when a later version adds it, and applies nothing twice.
+    url = "sqlite:///" + str(tmp_path / "l.db")
+    first = SqliteLedger(url)
+    first.open_sync()
+    first.close_sync()
+    later = (*migrations.MIGRATIONS, ("0004_later", ("CREATE TABLE later (x INTEGER)",)))
+    monkeypatch.setattr("app.ledger.sqlite.MIGRATIONS", later)
+    again = SqliteLedger(url)
+    again.open_sync()
+    assert asyncio.run(again.applied_migrations()) == sorted([*MIGRATIONS, "0004_later"])
+    assert raw_query(url, "SELECT COUNT(*) FROM later") == [(0,)]
+    again.close_sync()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.clients import ClientSpec
 
@@ -111,6 +111,12 @@ class NewKey(ClientSpec):
 
     name: str = Field(min_length=1, max_length=64, examples=["alice"])
 
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _json_array(cls, value: Any) -> Any:
+        # JSON has arrays, not tuples, and strict validation takes only a tuple for a tuple
+        return tuple(value) if isinstance(value, list) else value
+
 
 class CreatedKey(BaseModel):
     name: str
@@ -132,6 +138,33 @@ class KeyList(BaseModel):
 class Revoked(BaseModel):
     name: str
     revoked: bool
+
+
+PATCH_DESCRIPTION = (
+    "Any of the client's settings (persona_id, allow_persona_override, credit_budget, "
+    "budget_period, rpm, max_concurrent, weight, tags); fields left out keep their value, "
+    "null clears one (back to its default). Types are checked strictly; the key is unchanged."
+)
+PATCH_EXAMPLE = {"rpm": 120, "credit_budget": None, "tags": ["team-a"]}
+
+
+class AuditChange(BaseModel):
+    before: Any
+    after: Any
+
+
+class AuditRow(BaseModel):
+    id: str
+    at: float
+    actor: str = Field(description="admin-api@<remote address> or cli:<OS user>")
+    action: Literal["key.created", "key.updated", "key.revoked"]
+    client: str
+    changes: dict[str, AuditChange]
+
+
+class AuditLog(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AuditRow]
 
 
 class UsageReport(BaseModel):
@@ -212,6 +245,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "invalid request (body not JSON, persona required, bad parameter)"),
         (401, "no or unknown gateway key"),
     )
+}
+CONFLICT: dict[str, Any] = {
+    "model": ErrorResponse,
+    "description": "the key is declared in the config file: edit it there",
 }
 GENERATION_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,

@@ -15,19 +15,16 @@ from typing import Any
 
 import orjson
 import psycopg
-from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from app.ledger.attribution import TAGGED_RECORDS
-from app.ledger.keys import stored_key
 from app.ledger.migrations import MIGRATIONS
 from app.ledger.postgres_attribution import PostgresAttribution, write_tags
+from app.ledger.postgres_keys import PostgresKeys
 from app.ledger.protocol import (
-    KeyExists,
     LedgerUnavailable,
     ReportGroup,
-    StoredKey,
     UsageTotals,
 )
 from app.ledger.report_sql import TOTALS
@@ -64,10 +61,6 @@ _TOTALS_SQL = (
 # A report is not JIT-compiled: on 10 M rows compiling cost 0.07-1.9 s and saved less
 # (docs/scaling.md has the plans).
 REPORT_SETTINGS = ("SET LOCAL jit = off",)
-_KEY_COLUMNS = (
-    "name, key_sha256, persona_id, allow_persona_override, credit_budget, budget_period, rpm, "
-    "created_at, revoked_at"
-)
 
 
 def totals_sql(by: ReportGroup) -> str:
@@ -86,8 +79,8 @@ def describe(url: str) -> str:
     return f"PostgreSQL database {host}:{params.get('port') or 5432}/{params.get('dbname', '')}"
 
 
-class PostgresLedger(PostgresAttribution):
-    """Usage records, gateway keys and persona names in a PostgreSQL database."""
+class PostgresLedger(PostgresKeys, PostgresAttribution):
+    """Usage records, gateway keys, the admin audit and persona names in a PostgreSQL database."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -220,58 +213,6 @@ class PostgresLedger(PostgresAttribution):
         sql += " ORDER BY received_at DESC, id LIMIT %s OFFSET %s"
         rows = await self._read(sql, (*params, limit, offset))
         return [dict(zip(COLUMNS, row, strict=True)) for row in rows]
-
-    # --- gateway keys -----------------------------------------------------------------------
-
-    async def add_key(self, key: StoredKey) -> None:
-        """Store a new key (replacing a revoked key of the same name)."""
-        spec = key.spec
-        values = (
-            key.name,
-            key.key_sha256,
-            spec.persona_id,
-            spec.allow_persona_override,
-            spec.credit_budget,
-            spec.budget_period,
-            spec.rpm,
-            key.created_at,
-            key.revoked_at,
-        )
-        refusal = f"client {key.name!r} already has an active key; revoke it first"
-        try:
-            async with self._connected().connection() as db, db.transaction():
-                cursor = await db.execute(
-                    "DELETE FROM gateway_keys WHERE name = %s AND revoked_at IS NOT NULL",
-                    (key.name,),
-                )
-                await cursor.close()
-                inserted = await db.execute(
-                    f"INSERT INTO gateway_keys ({_KEY_COLUMNS}) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING "
-                    "RETURNING name",
-                    values,
-                )
-                if await inserted.fetchone() is None:
-                    raise KeyExists(refusal)
-        except pg_errors.UniqueViolation:  # the same digest twice: never in practice
-            raise KeyExists(refusal) from None
-
-    async def keys(self, *, include_revoked: bool = True) -> list[StoredKey]:
-        """Stored keys, oldest first."""
-        sql = f"SELECT {_KEY_COLUMNS} FROM gateway_keys"
-        if not include_revoked:
-            sql += " WHERE revoked_at IS NULL"
-        rows = await self._read(sql + " ORDER BY created_at")
-        return [key for key in map(stored_key, rows) if key is not None]
-
-    async def revoke_key(self, name: str, at: float) -> bool:
-        """Revoke the client's active key; False if it had none."""
-        async with self._connected().connection() as db:
-            cursor = await db.execute(
-                "UPDATE gateway_keys SET revoked_at = %s WHERE name = %s AND revoked_at IS NULL",
-                (at, name),
-            )
-            return cursor.rowcount > 0
 
 
 def _totals(row: tuple[Any, ...]) -> UsageTotals:

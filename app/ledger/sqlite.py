@@ -11,16 +11,17 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from app.clients import ClientSpec
+from app.ledger import sqlite_keys
 from app.ledger.attribution import TAGGED_RECORDS, SqliteAttribution, write_tags
-from app.ledger.keys import stored_key
 from app.ledger.migrations import MIGRATIONS
-from app.ledger.protocol import KeyExists, ReportGroup, StoredKey, UsageTotals
+from app.ledger.protocol import AuditEntry, ReportGroup, StoredKey, UsageTotals
 from app.ledger.report_sql import SQLITE_TOTALS, sqlite_totals
 from app.records import COLUMNS, UsageRecord
 
@@ -50,10 +51,6 @@ _GROUP_EXPRESSIONS: dict[ReportGroup, str] = {
     "tag": "record_tags.tag",
     "end_user": "end_user",
 }
-_KEY_COLUMNS = (
-    "name, key_sha256, persona_id, allow_persona_override, credit_budget, budget_period, rpm, "
-    "created_at, revoked_at"
-)
 
 
 def sqlite_path(url: str) -> str:
@@ -202,57 +199,59 @@ class SqliteLedger(SqliteAttribution):
             record["stream"] = bool(record["stream"])
         return records
 
-    # --- gateway keys -----------------------------------------------------------------------
+    # --- gateway keys and their audit ------------------------------------------------------
 
-    async def add_key(self, key: StoredKey) -> None:
-        """Store a new key (replacing a revoked key of the same name)."""
-        await asyncio.to_thread(self._add_key, key)
-
-    def _add_key(self, key: StoredKey) -> None:
-        spec = key.spec
-        with self._transaction() as db:
-            active = db.execute(
-                "SELECT 1 FROM gateway_keys WHERE name = ? AND revoked_at IS NULL", (key.name,)
-            ).fetchone()
-            if active:
-                raise KeyExists(f"client {key.name!r} already has an active key; revoke it first")
-            db.execute(
-                "DELETE FROM gateway_keys WHERE name = ? AND revoked_at IS NOT NULL", (key.name,)
-            )
-            db.execute(
-                f"INSERT INTO gateway_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    key.name,
-                    key.key_sha256,
-                    spec.persona_id,
-                    spec.allow_persona_override,
-                    spec.credit_budget,
-                    spec.budget_period,
-                    spec.rpm,
-                    key.created_at,
-                    key.revoked_at,
-                ),
-            )
+    async def add_key(self, key: StoredKey, audit: AuditEntry | None = None) -> None:
+        """Store a new key (replacing a revoked key of the same name), with its audit entry."""
+        await asyncio.to_thread(self._in_transaction, sqlite_keys.insert_key, audit, key)
 
     async def keys(self, *, include_revoked: bool = True) -> list[StoredKey]:
         """Stored keys, oldest first."""
-        sql = f"SELECT {_KEY_COLUMNS} FROM gateway_keys"
+        sql = f"SELECT {sqlite_keys.KEY_COLUMNS} FROM gateway_keys"
         if not include_revoked:
             sql += " WHERE revoked_at IS NULL"
         rows = await asyncio.to_thread(self._read, sql + " ORDER BY created_at")
-        return [key for key in map(stored_key, rows) if key is not None]
+        return [key for key in map(sqlite_keys.stored_key, rows) if key is not None]
 
-    async def revoke_key(self, name: str, at: float) -> bool:
-        """Revoke the client's active key; False if it had none."""
-        return await asyncio.to_thread(self._revoke_key, name, at)
+    async def update_key(
+        self, name: str, spec: ClientSpec, audit: AuditEntry | None = None
+    ) -> StoredKey | None:
+        """Replace the settings of the client's active key, with the audit entry; None if none."""
+        stored: StoredKey | None = await asyncio.to_thread(
+            self._in_transaction, sqlite_keys.update_key, audit, name, spec
+        )
+        return stored
 
-    def _revoke_key(self, name: str, at: float) -> bool:
+    async def revoke_key(self, name: str, at: float, audit: AuditEntry | None = None) -> bool:
+        """Revoke the client's active key, with the audit entry; False if it had none."""
+        revoked: bool = await asyncio.to_thread(
+            self._in_transaction, sqlite_keys.revoke_key, audit, name, at
+        )
+        return revoked
+
+    def _in_transaction(
+        self, change: Callable[..., Any], audit: AuditEntry | None, *args: Any
+    ) -> Any:
+        """`change(db, *args)` and, if it changed something (a truthy result), the audit entry,
+        as one commit."""
         with self._transaction() as db:
-            changed = db.execute(
-                "UPDATE gateway_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
-                (at, name),
-            ).rowcount
-        return bool(changed > 0)
+            result = change(db, *args)
+            if audit is not None and result:
+                sqlite_keys.insert_audit(db, audit)
+        return result
+
+    async def add_audit(self, entry: AuditEntry) -> None:
+        """Store one audit entry on its own."""
+        await asyncio.to_thread(self._add_audit, entry)
+
+    def _add_audit(self, entry: AuditEntry) -> None:
+        with self._transaction() as db:
+            sqlite_keys.insert_audit(db, entry)
+
+    async def audit(self, since: float, limit: int) -> list[AuditEntry]:
+        """Audit entries since `since`, newest first."""
+        rows = await asyncio.to_thread(self._read, sqlite_keys.AUDIT_QUERY, (since, limit))
+        return [sqlite_keys.audit_entry(row) for row in rows]
 
 
 def _enable_wal(connection: sqlite3.Connection) -> None:

@@ -34,6 +34,8 @@ EXPECTED = {
     ("post", "/admin/keys"),
     ("delete", "/admin/keys/{name}"),
     ("get", "/admin/clients/{name}/spend"),
+    ("patch", "/admin/keys/{name}"),
+    ("get", "/admin/audit"),
     ("get", "/dashboard"),
 }
 

@@ -14,8 +14,8 @@ import httpx
 import openai
 
 from app import reports
-from app.auth import issue_key
 from app.clients import ClientSpec
+from app.key_admin import create_key
 from app.ledger.postgres import PostgresLedger
 from tests.conftest import POSTGRES_ADDRESS, GatewayFactory, free_port, raw_query, through_port
 
@@ -28,7 +28,7 @@ async def _issue_keys(url: str) -> dict[str, str]:
     ledger = PostgresLedger(url)
     await ledger.open()
     try:
-        return {name: await issue_key(ledger, name, ClientSpec()) for name in CLIENTS}
+        return {name: await create_key(ledger, name, ClientSpec(), "cli:test") for name in CLIENTS}
     finally:
         await ledger.close()
 
