@@ -179,3 +179,40 @@ def reset_peak_rss(pids: Iterable[int]) -> None:
             Path(f"/proc/{pid}/clear_refs").write_text("5")
         except OSError:
             pass
+
+
+SERVICES = (b"postgres", b"redis-server")  # their CPU is the benchmark's when a gateway uses them
+
+
+def service_pids() -> list[int]:
+    """PostgreSQL's and Redis's processes on this machine, found by command name."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_bytes().strip() in SERVICES:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+class CpuShares:
+    """How busy named groups of processes kept the cores from now until `cores()`.
+
+    `load` is this process and the children it has waited for meanwhile (wrk, or the harness's
+    own client); `others` is the rest of the machine's busy time (other sessions, interrupts).
+    """
+
+    def __init__(self, groups: Mapping[str, Iterable[int]]) -> None:
+        self.groups = {name: list(pids) for name, pids in groups.items()}
+        self.before = {name: cpu_seconds(pids) for name, pids in self.groups.items()}
+        self.own, self.busy = own_cpu_seconds(), machine_busy_seconds()
+        self.started = time.perf_counter()
+
+    def cores(self) -> dict[str, float]:
+        """Cores used by each group, `load` and `others` (1.0 = one core for the whole time)."""
+        wall = max(time.perf_counter() - self.started, 1e-9)
+        used = {name: cpu_seconds(pids) - self.before[name] for name, pids in self.groups.items()}
+        used["load"] = own_cpu_seconds() - self.own
+        used["others"] = max(0.0, machine_busy_seconds() - self.busy - sum(used.values()))
+        return {name: round(seconds / wall, 3) for name, seconds in used.items()}
