@@ -149,11 +149,13 @@ def throughput(
         token=target.token,
     )
     shares = meter.cores()
+    cpu = procs.cpu_seconds(pids) - meter.before["target"]
     data: dict[str, Any] = result.as_dict()
     if pids and result.requests:
-        cpu = shares["target"] * (time.perf_counter() - meter.started)
         data["cpu_us_per_request"] = round(cpu / result.requests * 1e6, 1)
         data["cpu_cores"] = round(cpu / result.seconds, 2)
+        later, data["settle_s"] = procs.settle(pids)
+        data["cpu_us_per_request_settled"] = round((cpu + later) / result.requests * 1e6, 1)
     if upstream:
         data["cpu_share"] = shares
         data["foreign_cpu_pct"] = round(100 * shares["others"], 1)
