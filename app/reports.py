@@ -43,12 +43,18 @@ def parse_time(text: str, now: float | None = None) -> float:
 
 
 async def summarize(
-    ledger: Ledger, *, since: float, until: float | None = None, by: str = "client"
+    ledger: Ledger,
+    *,
+    since: float,
+    until: float | None = None,
+    by: str = "client",
+    client: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Per group: requests, errors, known credits, unknown-credit requests, tokens, p50/p95."""
+    """Per group: requests, errors, known credits, unknown-credit requests, tokens, p50/p95;
+    of one client's requests only when `client` is given."""
     group = _group(by)
     rows = await ledger.usage_rows(
-        since, until if until is not None else time.time() + 86400, group
+        since, until if until is not None else time.time() + 86400, group, client
     )
     groups: dict[str, list[UsageRow]] = {}
     for row in rows:

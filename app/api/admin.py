@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import time
-from importlib import resources
 from typing import Annotated, Any
 
 import orjson
@@ -83,11 +82,12 @@ async def usage(
     since: Annotated[str, Query(description="30m, 24h, 7d, 2w or an ISO date")] = "24h",
     until: Annotated[str | None, Query(description="end of the period (default now)")] = None,
     by: Annotated[ReportGroup, Query(description=", ".join(REPORT_GROUPS))] = "client",
+    client: Annotated[str | None, Query(max_length=64, description="only this client")] = None,
 ) -> Response:
-    """GET /admin/usage?since=&until=&by=: grouped totals."""
+    """GET /admin/usage?since=&until=&by=&client=: grouped totals, of one client if named."""
     start = _time(since, "since")
     end = _time(until, "until") if until is not None else None
-    rows = await summarize(gateway.ledger, since=start, until=end, by=by)
+    rows = await summarize(gateway.ledger, since=start, until=end, by=by, client=client)
     return _json({"object": "list", "by": by, "since": start, "until": end, "data": rows})
 
 
@@ -148,20 +148,3 @@ async def revoke_key(gateway: Admin, name: str) -> Response:
         raise InvalidRequest(f"no active key named {name!r}", param="name")
     await gateway.reload_keys()
     return _json({"name": name, "revoked": True})
-
-
-dashboard_router = APIRouter(tags=["admin"])
-
-
-@dashboard_router.get(
-    "/dashboard",
-    summary="Usage dashboard (asks for the admin key itself)",
-    response_class=Response,
-    responses={200: {"content": {"text/html": {}}}, 404: ERRORS[400]},
-)
-async def dashboard(request: Request) -> Response:
-    """GET /dashboard: a page that shows /admin/usage; it asks for the admin key itself."""
-    if _gateway(request).settings.admin.key is None:
-        raise AdminDisabled("the dashboard is off: set MAVERA_GATEWAY_ADMIN_KEY to enable it")
-    page = resources.files("app").joinpath("static/dashboard.html").read_bytes()
-    return Response(page, media_type="text/html; charset=utf-8")

@@ -75,8 +75,11 @@ class Ledger(Protocol):
     async def spent_since(self, client: str, since: float) -> float:
         """Credits the client's requests received since `since` have cost, as far as known."""
 
-    async def usage_rows(self, since: float, until: float, by: ReportGroup) -> list[UsageRow]:
-        """The records received in [since, until), reduced to what a report adds up."""
+    async def usage_rows(
+        self, since: float, until: float, by: ReportGroup, client: str | None = None
+    ) -> list[UsageRow]:
+        """The records received in [since, until) (of one client, if given), reduced to what a
+        report adds up."""
 
     async def records(
         self, since: float, client: str | None, limit: int, offset: int

@@ -170,14 +170,17 @@ class SqliteLedger:
         )
         return float(rows[0][0])
 
-    async def usage_rows(self, since: float, until: float, by: ReportGroup) -> list[UsageRow]:
-        """The records received in [since, until), reduced to what a report adds up."""
+    async def usage_rows(
+        self, since: float, until: float, by: ReportGroup, client: str | None = None
+    ) -> list[UsageRow]:
+        """The records received in [since, until) (of one client, if given), reduced to what a
+        report adds up."""
         sql = (
             f"SELECT {_GROUP_EXPRESSIONS[by]}, outcome, endpoint, status, credits_used, "
             "input_tokens, output_tokens, latency_ms FROM usage_records "
-            "WHERE received_at >= ? AND received_at < ?"
+            "WHERE received_at >= ? AND received_at < ? AND (? IS NULL OR client = ?)"
         )
-        rows = await asyncio.to_thread(self._read, sql, (since, until))
+        rows = await asyncio.to_thread(self._read, sql, (since, until, client, client))
         return [UsageRow(*row) for row in rows]
 
     async def records(
