@@ -99,13 +99,14 @@ const DashboardCharts = (() => {
 
   // Horizontal bars, one per item ({label, value}), longest first as given.
   function bars(container, items, unit) {
-    const rowHeight = 22, width = 420, left = 130;
+    const rowHeight = 22, width = 420, left = 150;
+    const short = (text) => (text.length > 22 ? `${text.slice(0, 21)}…` : text);
     const peak = Math.max(...items.map((item) => item.value), 0) || 1;
     const label = items.map((item) => `${item.label} ${number(item.value)} ${unit}`).join(", ") || `no ${unit}`;
     const root = canvas(width, Math.max(items.length, 1) * rowHeight + 4, label);
     items.forEach((item, i) => {
       const y = i * rowHeight + 2;
-      root.appendChild(node("text", { x: left - 6, y: y + 14, "text-anchor": "end" }, item.label.slice(0, 20)));
+      root.appendChild(node("text", { x: left - 6, y: y + 14, "text-anchor": "end" }, short(item.label)));
       const rect = node("rect", { class: "bar", x: left, y: y + 3, height: rowHeight - 8,
         width: Math.max((item.value / peak) * (width - left - 60), 1), fill: PALETTE[i % PALETTE.length] });
       rect.appendChild(node("title", {}, `${item.label}: ${number(item.value)} ${unit}`));

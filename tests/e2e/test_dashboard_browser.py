@@ -1,0 +1,218 @@
+"""The dashboard in a real browser: Debian's chromium, headless, driven by Playwright, against a
+gateway whose ledger was seeded with known records."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from app.ledger.sqlite import SqliteLedger
+from app.records import UsageRecord
+from tests.conftest import PERSONAS, GatewayFactory, RunningGateway, free_port
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ADMIN_KEY = "dash-browser-admin-key"
+REFUSED = "That admin key was refused by the gateway."
+NOW = time.time()
+HOUR = 3600.0
+DAY = 86400.0
+
+
+def _record(client: str, ago: float, credits: float | None, **fields: object) -> UsageRecord:
+    fields.setdefault("status", 200)
+    fields.setdefault("persona_id", PERSONAS[0])
+    return UsageRecord(
+        endpoint="chat.completions",
+        client=client,
+        received_at=NOW - ago,
+        credits_used=credits,
+        latency_ms=100.0,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+SEEDED = [
+    _record("alice", 1 * HOUR, 2.5),
+    _record("alice", 2 * HOUR, None, status=400, outcome="client_error"),
+    _record("alice", 26 * HOUR, 4),
+    _record("alice", 3 * DAY, 10, persona_id=PERSONAS[1]),
+    _record("bob", 0.5 * HOUR, 1, persona_id=PERSONAS[1]),
+    _record("bob", 5 * DAY, 7, persona_id=PERSONAS[1]),
+    _record("carol", 10 * DAY, 3),  # only in the 30-day view
+    _record("carol", 40 * DAY, 100),  # in no view
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's chromium, headless; missing is a failure when services are required."""
+    if not (os.access(CHROMIUM, os.X_OK) or shutil.which("chromium")):
+        reason = f"{CHROMIUM} is missing: apt-get install -y chromium"
+        if os.environ.get("GATEWAY_REQUIRE_SERVICES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh tab (its own sessionStorage) that records script errors and CSP reports."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    tab = context.new_page()
+    problems: list[str] = []
+    tab.on("pageerror", lambda error: problems.append(str(error)))
+    tab.on(
+        "console",
+        lambda message: (
+            problems.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
+    yield tab
+    context.close()
+    assert problems == []
+
+
+def seeded_gateway(
+    make_gateway: GatewayFactory, tmp_path: Path, **overrides: object
+) -> RunningGateway:
+    """A gateway whose ledger holds SEEDED, with a budget for alice."""
+    store = SqliteLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    store.open_sync()
+    store.write_sync(SEEDED)
+    store.close_sync()
+    gateway = make_gateway(admin={"key": ADMIN_KEY}, **overrides)
+    created = httpx.post(
+        gateway.url + "/admin/keys",
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+        json={"name": "alice", "credit_budget": 100, "budget_period": "month"},
+    )
+    assert created.status_code == 201
+    return gateway
+
+
+def sign_in(page: Page, gateway: RunningGateway, key: str = ADMIN_KEY) -> None:
+    page.goto(gateway.url + "/dashboard")
+    page.get_by_label("Admin key").fill(key)
+    page.get_by_role("button", name="Open dashboard").click()
+
+
+def cells(page: Page, client: str) -> dict[str, str]:
+    row = page.locator(f'#clients tr[data-client="{client}"]')
+    names = ["credits", "unknown", "requests", "error-rate"]
+    return {name: row.locator(f"td.{name}").inner_text() for name in names}
+
+
+def expected_segments(since: float) -> tuple[int, int]:
+    """Bars (UTC days in the period) and segments (client-days with credits) the chart needs."""
+    days = math.floor(NOW / DAY) - math.floor((NOW - since) / DAY) + 1
+    spent = {
+        (math.floor(r.received_at / DAY), r.client)
+        for r in SEEDED
+        if r.credits_used and r.received_at >= NOW - since
+    }
+    return days, len(spent)
+
+
+def test_dashboard_shows_the_seeded_ledger(
+    make_gateway: GatewayFactory, tmp_path: Path, page: Page
+) -> None:
+    gateway = seeded_gateway(make_gateway, tmp_path)
+    sign_in(page, gateway)
+    page.locator('#clients tr[data-client="alice"]').wait_for()
+    assert cells(page, "alice") == {
+        "credits": "16.5",
+        "unknown": "0",
+        "requests": "4",
+        "error-rate": "25%",
+    }
+    assert cells(page, "bob") == {
+        "credits": "8",
+        "unknown": "0",
+        "requests": "2",
+        "error-rate": "0%",
+    }
+    assert page.locator('#clients tr[data-client="carol"]').count() == 0
+    assert page.locator("#total-credits").inner_text() == "24.5"
+    assert page.locator("#total-requests").inner_text() == "6"
+    bars, segments = expected_segments(7 * DAY)
+    assert page.locator("#daily svg g.bar").count() == bars
+    assert page.locator("#daily svg rect.segment").count() == segments
+    assert page.locator("#client-chart svg rect.bar").count() == 2
+    personas = page.locator("#personas tbody tr")
+    assert personas.locator("td.persona").all_inner_texts() == [PERSONAS[1], PERSONAS[0]]
+    assert personas.locator("td.credits").all_inner_texts() == ["18", "6.5"]
+    alice_budget = page.locator('#budgets tr[data-client="alice"]')
+    assert alice_budget.locator("td.budget").inner_text() == "100 / month"
+    page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+    assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+
+    page.get_by_label("Period", exact=True).select_option("30d")
+    page.locator('#clients tr[data-client="carol"]').wait_for()
+    assert cells(page, "carol")["credits"] == "3"
+    bars, segments = expected_segments(30 * DAY)
+    assert page.locator("#daily svg g.bar").count() == bars
+    assert page.locator("#daily svg rect.segment").count() == segments
+
+
+def test_key_is_kept_for_the_tab_and_forgotten_on_request(
+    make_gateway: GatewayFactory, tmp_path: Path, page: Page
+) -> None:
+    gateway = seeded_gateway(make_gateway, tmp_path)
+    sign_in(page, gateway)
+    page.locator('#clients tr[data-client="bob"]').wait_for()
+    page.reload()  # the same tab: the key is still there, no form
+    page.locator('#clients tr[data-client="bob"]').wait_for()
+    assert page.get_by_label("Admin key").is_hidden()
+    page.get_by_role("button", name="Forget key").click()
+    assert page.get_by_label("Admin key").is_visible()
+    assert page.locator("#clients tbody tr").count() == 0
+    assert page.evaluate("Object.keys(sessionStorage)") == []
+    page.reload()
+    assert page.locator("#data").is_hidden()
+
+
+def test_a_wrong_key_is_refused_plainly_and_shows_no_data(
+    make_gateway: GatewayFactory, tmp_path: Path, page: Page
+) -> None:
+    gateway = seeded_gateway(make_gateway, tmp_path)
+    sign_in(page, gateway, key="not-the-admin-key")
+    message = page.locator("#message")
+    message.filter(has_text=REFUSED).wait_for()
+    assert message.inner_text() == REFUSED
+    assert page.locator("#data").is_hidden()
+    assert page.locator("#clients tbody tr").count() == 0
+    assert page.evaluate("Object.keys(sessionStorage)") == []
+    assert "alice" not in page.content()
+
+
+def test_reconciliation_unavailable_while_the_rest_renders(
+    make_gateway: GatewayFactory, tmp_path: Path, page: Page
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/api/v1"  # nothing listens: Mavera cannot be reached
+    gateway = seeded_gateway(make_gateway, tmp_path, upstream={"base_url": dead, "max_retries": 0})
+    sign_in(page, gateway)
+    page.locator('#clients tr[data-client="alice"]').wait_for()
+    assert page.locator("#reconcile .unavailable").inner_text() == "unavailable"
+    assert page.locator("#balance").inner_text() == "unavailable"
+    assert cells(page, "alice")["credits"] == "16.5"
