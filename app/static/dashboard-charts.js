@@ -72,9 +72,11 @@ const DashboardCharts = (() => {
     const label = `Credits per day by client: ` + days.map((day, i) => `${day} ${number(totals[i])}`).join(", ");
     const root = canvas(width, height, label);
     const plot = height - top - bottom, slot = (width - left) / Math.max(days.length, 1);
-    root.appendChild(node("line", { x1: left, x2: width, y1: top + plot, y2: top + plot, stroke: "#b8c0cf" }));
-    root.appendChild(node("text", { x: left - 6, y: top + 8, "text-anchor": "end" }, number(peak)));
-    root.appendChild(node("text", { x: left - 6, y: top + plot, "text-anchor": "end" }, "0"));
+    for (const share of [0, 0.5, 1]) {
+      const y = top + plot * (1 - share);
+      root.appendChild(node("line", { x1: left, x2: width, y1: y, y2: y, stroke: share ? "#e3e7ee" : "#b8c0cf" }));
+      root.appendChild(node("text", { x: left - 6, y: y + 4, "text-anchor": "end" }, number(peak * share)));
+    }
     const every = Math.ceil(days.length / 10);
     days.forEach((day, i) => {
       const bar = node("g", { class: "bar", "data-day": day });
@@ -97,10 +99,10 @@ const DashboardCharts = (() => {
     container.replaceChildren(legend(clients), root, figures(days, clients, value));
   }
 
-  // Horizontal bars, one per item ({label, value}), longest first as given.
+  // Horizontal bars, one per item ({label, value, color index}), in the order given.
   function bars(container, items, unit) {
     const rowHeight = 22, width = 420, left = 150;
-    const short = (text) => (text.length > 22 ? `${text.slice(0, 21)}…` : text);
+    const short = (text) => (text.length > 18 ? `${text.slice(0, 17)}…` : text);
     const peak = Math.max(...items.map((item) => item.value), 0) || 1;
     const label = items.map((item) => `${item.label} ${number(item.value)} ${unit}`).join(", ") || `no ${unit}`;
     const root = canvas(width, Math.max(items.length, 1) * rowHeight + 4, label);
@@ -108,7 +110,7 @@ const DashboardCharts = (() => {
       const y = i * rowHeight + 2;
       root.appendChild(node("text", { x: left - 6, y: y + 14, "text-anchor": "end" }, short(item.label)));
       const rect = node("rect", { class: "bar", x: left, y: y + 3, height: rowHeight - 8,
-        width: Math.max((item.value / peak) * (width - left - 60), 1), fill: PALETTE[i % PALETTE.length] });
+        width: Math.max((item.value / peak) * (width - left - 60), 1), fill: PALETTE[(item.color ?? i) % PALETTE.length] });
       rect.appendChild(node("title", {}, `${item.label}: ${number(item.value)} ${unit}`));
       root.appendChild(rect);
       root.appendChild(node("text", { x: left + Math.max((item.value / peak) * (width - left - 60), 1) + 4, y: y + 14 }, number(item.value)));

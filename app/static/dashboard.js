@@ -54,6 +54,10 @@
     return days;
   }
 
+  function ms(value) {
+    return value === null ? "-" : Math.round(value).toLocaleString("en-US");
+  }
+
   function percent(part, whole) {
     return whole ? `${(Math.round((part / whole) * 1000) / 10).toLocaleString("en-US")}%` : "-";
   }
@@ -75,11 +79,12 @@
     for (const r of rows) {
       row(body, [["client", r.client], ["credits", number(r.credits)], ["unknown", number(r.unknown_credits)],
         ["requests", number(r.requests)], ["error-rate", percent(r.errors, r.requests)],
-        ["p50", number(r.p50_ms)], ["p95", number(r.p95_ms)]], { client: r.client });
+        ["p50", ms(r.p50_ms)], ["p95", ms(r.p95_ms)]], { client: r.client });
     }
     if (!rows.length) row(body, [["empty", "No requests in this period."]]);
-    const ordered = [...rows].sort((a, b) => b.credits - a.credits);
-    DashboardCharts.bars($("client-chart"), ordered.map((r) => ({ label: r.client, value: r.credits })), "credits");
+    const ordered = rows.map((r, color) => ({ label: r.client, value: r.credits, color }));
+    ordered.sort((a, b) => b.value - a.value);
+    DashboardCharts.bars($("client-chart"), ordered, "credits");
     const sum = (field) => rows.reduce((total, r) => total + r[field], 0);
     $("total-credits").textContent = number(sum("credits"));
     $("total-requests").textContent = number(sum("requests"));

@@ -1,0 +1,89 @@
+"""Take the README's dashboard screenshot: a gateway in front of the simulator, a ledger seeded
+with 30 days of made-up team usage, and Debian's chromium driven by Playwright.
+
+    python -m tests.dashboard_screenshot docs/dashboard.png
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from playwright.sync_api import sync_playwright
+
+from app.background import BackgroundServer
+from app.ledger.sqlite import SqliteLedger
+from app.records import UsageRecord
+from app.server import create_app
+from app.simulator import Simulator
+from tests.conftest import PERSONAS, UPSTREAM_KEY, gateway_settings
+from tests.e2e.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS
+
+ADMIN_KEY = "screenshot-admin-key"
+# client: (requests a day, credits a request, its personas, budget per month)
+TEAM = {
+    "research": (14, 3.0, PERSONAS[0:2], 2000),
+    "marketing": (9, 2.0, PERSONAS[2:4], 600),
+    "ci-bot": (20, 0.5, PERSONAS[4:5], None),
+    "eval-suite": (5, 4.0, PERSONAS[1:4], 400),
+}
+
+
+def seed(path: Path, now: float, rng: random.Random) -> None:
+    """30 days of requests for TEAM, with a few errors and slow answers."""
+    records = []
+    for client, (per_day, cost, personas, _) in TEAM.items():
+        for day in range(30):
+            for _ in range(rng.randint(0, per_day)):
+                failed = rng.random() < 0.04
+                records.append(
+                    UsageRecord(
+                        endpoint="chat.completions",
+                        client=client,
+                        received_at=now - day * 86400 - rng.uniform(0, 86400),
+                        persona_id=rng.choice(personas),
+                        status=502 if failed else 200,
+                        outcome="upstream_error" if failed else "ok",
+                        credits_used=None if failed else round(cost * rng.uniform(0.5, 1.5)),
+                        latency_ms=rng.lognormvariate(6.5, 0.4),
+                    )
+                )
+    store = SqliteLedger(f"sqlite:///{path}")
+    store.open_sync()
+    store.write_sync(records)
+    store.close_sync()
+
+
+def main(target: str) -> None:
+    """Serve the seeded gateway, open the dashboard with the admin key, save a screenshot."""
+    workdir = Path(tempfile.mkdtemp(prefix="dashboard-shot-"))
+    seed(workdir / "ledger.db", time.time(), random.Random(7))
+    with BackgroundServer(Simulator(api_keys={UPSTREAM_KEY}).app) as simulator:
+        settings = gateway_settings(simulator.url, workdir, admin={"key": ADMIN_KEY})
+        with BackgroundServer(create_app(settings), edge=settings.server) as gateway:
+            for client, (*_, budget) in TEAM.items():
+                httpx.post(
+                    gateway.url + "/admin/keys",
+                    headers={"authorization": f"Bearer {ADMIN_KEY}"},
+                    json={"name": client, "credit_budget": budget},
+                ).raise_for_status()
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                page = browser.new_page(viewport={"width": 1200, "height": 900})
+                page.goto(gateway.url + "/dashboard")
+                page.get_by_label("Admin key").fill(ADMIN_KEY)
+                page.get_by_role("button", name="Open dashboard").click()
+                page.get_by_label("Period", exact=True).select_option("30d")
+                page.locator('#clients tr[data-client="eval-suite"]').wait_for()
+                page.wait_for_load_state("networkidle")
+                page.screenshot(path=target, full_page=True)
+                browser.close()
+    print(f"{target}: {Path(target).stat().st_size} bytes")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "docs/dashboard.png")
