@@ -100,8 +100,12 @@
     DashboardCharts.stacked($("daily"), days, clients, (day, client) => credits.get(`${day}|${client}`) || 0);
   }
 
+  // "2027-01-01T00:00:00+01:00" as "2027-01-01 00:00 +01:00" ("UTC" for Z and +00:00).
   function when(iso) {
-    return iso ? iso.replace("T", " ").slice(0, 16) : "-";
+    const parts = iso && /^(\d{4}-\d\d-\d\d)T(\d\d:\d\d)[^Z+-]*(Z|[+-]\d\d:\d\d)?$/.exec(iso);
+    if (!parts) return iso || "-";
+    const zone = !parts[3] || parts[3] === "Z" || parts[3] === "+00:00" ? "UTC" : parts[3];
+    return `${parts[1]} ${parts[2]} ${zone}`;
   }
 
   function showBudgets(keys, spends) {
@@ -111,7 +115,8 @@
       const spend = spends[i].data;
       if (!spend) {
         row(body, [["client", key.name], ["budget", `${number(key.credit_budget)} / ${key.budget_period}`],
-          ["used unavailable", "unavailable"], ["reserved", "-"], ["remaining", "-"], ["resets", "-"]], { client: key.name });
+          ["used unavailable", "unavailable"], ["reserved", "-"], ["remaining", "-"], ["resets", "-"],
+          ["in-flight", "-"]], { client: key.name });
         return;
       }
       const used = element("span");
@@ -119,7 +124,9 @@
       used.appendChild(document.createTextNode(number(spend.spent)));
       row(body, [["client", key.name], ["budget", `${number(spend.budget)} / ${spend.period}`], ["used", used],
         ["reserved", number(spend.reserved)], ["remaining", number(spend.remaining)],
-        ["resets", when(spend.resets_at)]], { client: key.name });
+        ["resets", when(spend.resets_at)],
+        ["in-flight", spend.max_concurrent ? `${spend.in_flight} of ${spend.max_concurrent}` : number(spend.in_flight)]],
+        { client: key.name });
     });
     if (!keys.length) row(body, [["empty", "No client has a credit budget."]]);
   }
