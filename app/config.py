@@ -13,6 +13,7 @@ import tomllib
 import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -179,6 +180,16 @@ class LimitsSettings(_Section):
 class AlertsSettings(_Section):
     webhook_url: str | None = None
     thresholds: tuple[float, ...] = (0.8, 1.0)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                # the URL itself is a secret (Slack's carries a token): not quoted here
+                raise ValueError("the webhook URL must be an http:// or https:// URL with a host")
+        return value
 
     @field_validator("thresholds")
     @classmethod

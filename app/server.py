@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import compile_path
 from starlette.types import Receive, Scope, Send
 
+from app.alerts import Alerts
 from app.api import admin, dashboard, openai, ops
 from app.auth import KeyStore
 from app.config import ConfigError, Settings
@@ -36,6 +37,7 @@ logger = logging.getLogger("mavera_gateway")
 
 KEY_REFRESH_S = 2.0
 SETTLE_S = 2.0  # for cancelled requests to book themselves before the ledger is flushed
+ALERTS_FLUSH_S = 3.0  # for budget alerts still queued at shutdown
 _FastEndpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -96,6 +98,8 @@ def create_app(
         app.state.gateway = gateway
         refresher = asyncio.create_task(_refresh_keys(gateway), name="key-refresh")
         hangup = reload_settings is not None and _on_hangup(gateway, reload_settings)
+        if gateway.alerts is not None:
+            gateway.alerts.start()
         try:
             yield
         finally:
@@ -104,6 +108,8 @@ def create_app(
             refresher.cancel()
             await asyncio.gather(refresher, return_exceptions=True)
             await gateway.settle(SETTLE_S)
+            if gateway.alerts is not None:
+                await gateway.alerts.aclose(ALERTS_FLUSH_S)
             await gateway.writer.close()
             await gateway.upstream.aclose()
             await gateway.ledger.close()
@@ -162,12 +168,26 @@ async def _start(settings: Settings) -> Gateway:
         writer=writer,
         metrics=metrics,
         ledger=ledger,
+        alerts=_alerts(settings),
     )
     metrics.track_queue(writer.depth)
     metrics.track_in_flight(lambda: gateway.in_flight)
     await gateway.reload_keys()
     await gateway.seed_budgets()
+    for client in gateway.keys.clients():  # thresholds crossed before a restart stay sent
+        gateway.observe_budget(client.name, seed=True)
     return gateway
+
+
+def _alerts(settings: Settings) -> Alerts | None:
+    """Budget alerts, when a webhook is configured."""
+    if not settings.alerts.webhook_url:
+        return None
+    return Alerts(
+        settings.alerts.webhook_url,
+        settings.alerts.thresholds,
+        timezone=settings.limits.timezone,
+    )
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

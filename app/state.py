@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 
 from app.accounting import RequestAccount
+from app.alerts import Alerts
 from app.auth import KeyStore
 from app.config import Settings
 from app.errors import RouteNotFound
@@ -23,7 +24,7 @@ from app.upstream import Upstream
 logger = logging.getLogger("mavera_gateway.requests")
 
 PERSONAS_CACHE_TTL_S = 30.0
-RESTART_SECTIONS = ("server", "upstream", "ledger", "limits")
+RESTART_SECTIONS = ("server", "upstream", "ledger", "limits", "alerts")
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Gateway:
     metrics: Metrics
     ledger: Ledger
     personas_cache: TtlCache = field(default_factory=TtlCache)
+    alerts: Alerts | None = None  # set when [alerts] webhook_url is; settlements observe it
 
     def route_of(self, request: Request) -> str | None:
         """The configured route a request came in under, if any."""
@@ -90,6 +92,19 @@ class Gateway:
             began = period_start(spec.budget_period, time.time())
             spent = await self.ledger.spent_since(client.name, began)
             self.limits.load_spent(client.name, spec.budget_period, began, spent)
+
+    def observe_budget(self, name: str, seed: bool = False) -> None:
+        """Tell the alerts a budgeted client's spend this period (seed: at start-up)."""
+        if self.alerts is None:
+            return
+        client = next((c for c in self.keys.clients() if c.name == name), None)
+        if client is None or client.spec.credit_budget is None:
+            return
+        period = client.spec.budget_period
+        spent = self.limits.spent(name, period)
+        began = period_start(period, time.time())
+        mark = self.alerts.seed if seed else self.alerts.observe
+        mark(name, spent, client.spec.credit_budget, period, began)
 
     def reconfigure(self, new: Settings) -> list[str]:
         """Take on a reloaded config; return the sections that only a restart can change.
@@ -126,6 +141,7 @@ class Gateway:
         self.in_flight -= 1
         if record.credits_used:
             self.limits.charge(record.client, record.credits_used)
+            self.observe_budget(record.client)  # [alerts] interim: budgets settlement replaces
         stored = self.writer.submit(record)
         self.metrics.observe(record)
         if logger.isEnabledFor(logging.INFO):

@@ -31,18 +31,24 @@ def imports_of(path: Path) -> set[str]:
     return {name for name in names if name == "app" or name.startswith("app.")}
 
 
-def test_only_upstream_knows_the_transport() -> None:
-    """The transport is the package app.http1; outside it, only app.upstream imports it."""
+# Who may use the transport: Mavera's connection, and the alerts' webhook POST (which needs the
+# same TLS and proxy handling, and would push app.upstream past its size budget).
+TRANSPORT_USERS = {"app.upstream", "app.webhooks"}
+
+
+def test_only_upstream_and_webhooks_know_the_transport() -> None:
+    """The transport is the package app.http1; outside it, only TRANSPORT_USERS import it."""
     outside = {n: p for n, p in modules().items() if not n.startswith("app.http1")}
     users = {
         name
         for name, path in outside.items()
         if any(m == "app.http1" or m.startswith("app.http1.") for m in imports_of(path))
     }
-    assert users == {"app.upstream"}
-    assert {m for m in imports_of(outside["app.upstream"]) if m.startswith("app.http1")} == {
-        "app.http1"
-    }
+    assert users == TRANSPORT_USERS
+    for name in TRANSPORT_USERS:
+        assert {m for m in imports_of(outside[name]) if m.startswith("app.http1")} == {
+            "app.http1"
+        }, name
 
 
 def test_storage_imports_only_storage_and_domain_types() -> None:

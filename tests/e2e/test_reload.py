@@ -81,3 +81,9 @@ def test_sighup_applies_a_valid_config_and_refuses_an_invalid_one(
     _hang_up_and_wait(gateway, "config reloaded on SIGHUP", 1)
     assert "changes to [upstream] need a restart" in gateway.log()
     assert gateway.proc is not None and gateway.proc.poll() is None, "still serving"
+
+    hook = "https://hooks.slack.com/services/T0001/B0002/XsecretTOKENx"
+    config.write_text(_config(PERSONAS[1], gateway.port) + f'\n[alerts]\nwebhook_url = "{hook}"\n')
+    _hang_up_and_wait(gateway, "config reloaded on SIGHUP", 2)
+    assert "changes to [alerts] need a restart" in gateway.log()
+    assert "XsecretTOKENx" not in gateway.log()
