@@ -69,6 +69,10 @@ class RequestAccount:
         self.record.end_user = user if isinstance(user, str) else None
         self.record.stream = body.get("stream") is True
 
+    def tagged(self, tags: str | None) -> None:
+        """The request's cost tags, comma-joined (see `app.tags.request_tags`)."""
+        self.record.tags = tags
+
     def target(self, target: Target) -> None:
         """Where the request goes: its persona (and where that came from) and models."""
         record = self.record

@@ -13,12 +13,16 @@ from typing import Any, TypeVar
 from app.auth import issue_key
 from app.clients import BUDGET_PERIODS, InvalidClientSpec, parse_client_spec
 from app.config import ConfigError, Settings, load_settings
+from app.errors import GatewayError
 from app.ledger.backends import open_ledger
 from app.ledger.protocol import KeyExists, Ledger
-from app.reports import GROUPS, parse_time, render, summarize
+from app.reconcile import UpstreamRefused, reconcile
+from app.reconcile import render as render_reconciliation
+from app.reports import GROUPS, footnote, parse_time, render, summarize
 from app.runner import StartupRefused, serve, simulate
 from app.settings_view import effective_config_toml
 from app.simulator import SimScript
+from app.upstream import Upstream
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim_cmd.add_argument("--rpm", type=int, help="per-key rate limit (default: none)")
     sim_cmd.add_argument("--credits", type=int, help="credit balance (default: unlimited)")
+    sim_cmd.add_argument(
+        "--credits-used-elsewhere",
+        type=int,
+        default=0,
+        metavar="N",
+        help="credits GET /usage reports as spent this period by something other than the "
+        "gateway (to try reconcile)",
+    )
 
     check_cmd = commands.add_parser("check-config", help="validate and print the effective config")
     _config_option(check_cmd)
@@ -78,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     usage_cmd.add_argument("--by", choices=list(GROUPS), default="client")
     usage_cmd.add_argument("--format", choices=["table", "json", "csv"], default="table")
     _config_option(usage_cmd)
+
+    reconcile_cmd = commands.add_parser(
+        "reconcile", help="the ledger's credits for Mavera's billing period next to Mavera's bill"
+    )
+    reconcile_cmd.add_argument("--format", choices=["table", "json"], default="table")
+    _config_option(reconcile_cmd)
     return parser
 
 
@@ -104,7 +122,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             chunk_delay_ms=args.chunk_delay_ms,
             first_byte_delay_ms=args.first_byte_delay_ms,
         )
-        simulate(args.host, args.port, script, rpm=args.rpm, credits=args.credits)
+        simulate(
+            args.host,
+            args.port,
+            script,
+            rpm=args.rpm,
+            credits=args.credits,
+            credits_used_elsewhere=args.credits_used_elsewhere,
+        )
         return 0
     settings = load_settings(args.config, **_overrides(args))
     if args.command == "serve":
@@ -124,6 +149,37 @@ def _dispatch(args: argparse.Namespace) -> int:
             settings, lambda ledger: summarize(ledger, since=since, until=until, by=args.by)
         )
         print(render(rows, args.format))
+        note = footnote(args.by)
+        if note and rows and args.format == "table":
+            print("\n" + note)
+        elif note and rows:  # JSON and CSV are for scripts: the note goes beside them
+            print(note, file=sys.stderr)
+    elif args.command == "reconcile":
+        return _reconcile(settings, args.format)
+    return 0
+
+
+def _reconcile(settings: Settings, fmt: str) -> int:
+    if settings.upstream.api_key is None:
+        raise ValueError(
+            "reconcile reads Mavera's GET /usage: set MAVERA_API_KEY (and MAVERA_BASE_URL)"
+        )
+
+    async def run() -> dict[str, Any]:
+        upstream = Upstream(settings.upstream)
+        try:
+            async with _opened(settings) as ledger:
+                print(f"ledger: {ledger.description}", file=sys.stderr)
+                return await reconcile(upstream, ledger)
+        finally:
+            await upstream.aclose()
+
+    try:
+        result = asyncio.run(run())
+    except (GatewayError, UpstreamRefused) as exc:
+        print(f"mavera-gateway: cannot reconcile: {exc}", file=sys.stderr)
+        return 1
+    print(render_reconciliation(result, fmt))
     return 0
 
 

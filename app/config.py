@@ -80,6 +80,8 @@ class UpstreamSettings(_Section):
     proxy_url: str | None = None
     ca_bundle: str | None = None
     max_event_bytes: int = Field(1024 * 1024, ge=1024)
+    # read Mavera's persona list once at start (in the background) for reports' persona names
+    persona_names_at_start: bool = True
 
     @field_validator("base_url")
     @classmethod

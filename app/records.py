@@ -68,6 +68,8 @@ class UsageRecord:
     upstream_request_id: str | None = None
     error_code: str | None = None
     persona_source: PersonaSource | None = None
+    # cost tags, comma-joined in order (a tag never holds a comma); None when untagged
+    tags: str | None = None
     # monotonic start, for latency; not stored
     started: float = field(default_factory=time.perf_counter, repr=False)
 

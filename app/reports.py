@@ -21,6 +21,13 @@ from app.ledger.protocol import REPORT_GROUPS, Ledger, ReportGroup, UsageRow
 from app.records import cost_unknown
 
 GROUPS: tuple[ReportGroup, ...] = REPORT_GROUPS
+# Groups where a missing value is a choice the caller made (no tag, no `user` sent), shown so.
+_NONE_SHOWN = {"tag": "(none)", "end_user": "(none)"}
+_TEXT_COLUMNS = {"persona_name"}
+TAG_FOOTNOTE = (
+    "A request with several tags counts under each of them, so the column totals exceed "
+    "the real total; untagged requests are under (none)."
+)
 _RELATIVE = re.compile(r"^(\d+)([mhdw])$")
 _UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -51,15 +58,30 @@ async def summarize(
     client: str | None = None,
 ) -> list[dict[str, Any]]:
     """Per group: requests, errors, known credits, unknown-credit requests, tokens, p50/p95;
-    of one client's requests only when `client` is given."""
+    of one client's requests only when `client` is given.
+
+    By persona, each row also has the persona's name (`persona_name`, None when not known).
+    """
     group = _group(by)
     rows = await ledger.usage_rows(
         since, until if until is not None else time.time() + 86400, group, client
     )
+    missing = _NONE_SHOWN.get(by, "-")
     groups: dict[str, list[UsageRow]] = {}
     for row in rows:
-        groups.setdefault("-" if row.group is None else str(row.group), []).append(row)
-    return [_totals(by, key, members) for key, members in sorted(groups.items())]
+        groups.setdefault(missing if row.group is None else str(row.group), []).append(row)
+    totals = [_totals(by, key, members) for key, members in sorted(groups.items())]
+    if by == "persona":
+        names = await ledger.persona_names()
+        totals = [
+            {"persona": t["persona"], "persona_name": names.get(t["persona"]), **t} for t in totals
+        ]
+    return totals
+
+
+def footnote(by: str) -> str | None:
+    """What a reader must know about a report grouped `by` this, if anything."""
+    return TAG_FOOTNOTE if by == "tag" else None
 
 
 def _group(by: str) -> ReportGroup:
@@ -109,9 +131,11 @@ async def fetch_records(
     limit: int = 100,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
-    """Raw records, newest first, for the admin API."""
+    """Raw records, newest first, for the admin API; each with its persona's name if known."""
     records = await ledger.records(since, client, limit, offset)
+    names = await ledger.persona_names() if records else {}
     for record in records:
+        record["persona_name"] = names.get(record["persona_id"])
         if record["credits_used"] is not None:
             record["credits_used"] = _exact(record["credits_used"])
     return records
@@ -139,15 +163,17 @@ def _table(rows: list[dict[str, Any]]) -> str:
     headers = list(rows[0])
     cells = [[_cell(row[h]) for h in headers] for row in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-    lines = [_line(headers, widths), _line(["-" * w for w in widths], widths)]
-    lines += [_line(c, widths) for c in cells]
+    # the group and names read left to right; numbers line up on the right
+    left = [i == 0 or h in _TEXT_COLUMNS for i, h in enumerate(headers)]
+    lines = [_line(headers, widths, left), _line(["-" * w for w in widths], widths, left)]
+    lines += [_line(c, widths, left) for c in cells]
     return "\n".join(lines)
 
 
-def _line(values: Iterable[str], widths: list[int]) -> str:
+def _line(values: Iterable[str], widths: list[int], left: list[bool]) -> str:
     parts = [
-        v.ljust(w) if i == 0 else v.rjust(w)
-        for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        v.ljust(w) if flush else v.rjust(w)
+        for v, w, flush in zip(values, widths, left, strict=True)
     ]
     return "  ".join(parts).rstrip()
 

@@ -159,11 +159,18 @@ def _stop_signals_exit_cleanly() -> Iterator[None]:
 
 
 def simulate(
-    host: str, port: int, script: SimScript, *, rpm: int | None = None, credits: int | None = None
+    host: str,
+    port: int,
+    script: SimScript,
+    *,
+    rpm: int | None = None,
+    credits: int | None = None,
+    credits_used_elsewhere: int = 0,
 ) -> None:
     """Run the Mavera simulator alone, as a server."""
     configure_logging("text")
     sim = Simulator(script=script, rpm=rpm, credits=credits, max_records=SIMULATOR_RECORDS)
+    sim.spend_elsewhere(credits_used_elsewhere)
     logger.info(
         "Mavera simulator on http://%s:%d/api/v1 (any mvra_live_ key of 32+ chars)", host, port
     )

@@ -30,6 +30,7 @@ from app.ledger.backends import open_ledger
 from app.ledger.writer import LedgerWriter
 from app.limits import Limits
 from app.metrics import Metrics
+from app.personas import PersonaNames
 from app.state import Gateway
 from app.upstream import Upstream
 
@@ -111,6 +112,7 @@ def create_app(
             if gateway.alerts is not None:
                 await gateway.alerts.aclose(ALERTS_FLUSH_S)
             await gateway.writer.close()
+            await gateway.persona_names.aclose()
             await gateway.upstream.aclose()
             await gateway.ledger.close()
 
@@ -169,7 +171,10 @@ async def _start(settings: Settings) -> Gateway:
         metrics=metrics,
         ledger=ledger,
         alerts=_alerts(settings),
+        persona_names=PersonaNames(ledger),
     )
+    if settings.upstream.persona_names_at_start:
+        gateway.persona_names.refresh(gateway.upstream)
     metrics.track_queue(writer.depth)
     metrics.track_in_flight(lambda: gateway.in_flight)
     await gateway.reload_keys()

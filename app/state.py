@@ -18,6 +18,7 @@ from app.ledger.protocol import Ledger
 from app.ledger.writer import LedgerWriter
 from app.limits import Limits, period_start
 from app.metrics import Metrics
+from app.personas import PersonaNames
 from app.records import UsageRecord
 from app.upstream import Upstream
 
@@ -59,6 +60,7 @@ class Gateway:
     writer: LedgerWriter
     metrics: Metrics
     ledger: Ledger
+    persona_names: PersonaNames
     personas_cache: TtlCache = field(default_factory=TtlCache)
     alerts: Alerts | None = None  # set when [alerts] webhook_url is; settlements observe it
 

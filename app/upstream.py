@@ -44,6 +44,7 @@ UPSTREAM_PATHS = {
     "chat.completions": "chat/completions",
     "responses": "responses",
     "personas": "personas",
+    "usage": "usage",
 }
 # Client headers worth passing on; everything else (Authorization, cookies, proxies' headers,
 # SDK telemetry) stays at the gateway.

@@ -185,7 +185,13 @@ GatewayFactory = Callable[..., RunningGateway]
 def gateway_settings(sim_url: str, tmp_path: Path, **overrides: Any) -> Settings:
     """Settings for a test gateway in front of the simulator at `sim_url`."""
     sections: dict[str, Any] = {
-        "upstream": {"base_url": sim_url + "/api/v1", "api_key": UPSTREAM_KEY, "max_retries": 2},
+        # no persona list read at start: tests count what the simulator received
+        "upstream": {
+            "base_url": sim_url + "/api/v1",
+            "api_key": UPSTREAM_KEY,
+            "max_retries": 2,
+            "persona_names_at_start": False,
+        },
         "defaults": {"persona_id": DEFAULT_PERSONA},
         "ledger": {"database_url": f"sqlite:///{tmp_path / 'ledger.db'}", "flush_interval_ms": 20},
     }

@@ -45,7 +45,7 @@ def query(ledger: SqliteLedger, sql: str) -> list[tuple[Any, ...]]:
         return db.execute(sql).fetchall()
 
 
-MIGRATIONS = ["0001_usage_records", "0002_gateway_keys", "0003_persona_source"]
+MIGRATIONS = ["0001_usage_records", "0002_gateway_keys", "0003_persona_source", "0005_attribution"]
 
 
 def record(**fields: Any) -> UsageRecord:
@@ -429,7 +429,7 @@ def test_fetch_records_newest_first_with_all_columns(filled: SqliteLedger) -> No
     assert [r["received_at"] for r in records] == sorted(
         (r.received_at for r in dataset() if r.received_at >= NOW - 2 * DAY), reverse=True
     )
-    assert all(set(r) == set(COLUMNS) for r in records)
+    assert all(set(r) == {*COLUMNS, "persona_name"} for r in records)
     first = records[0]
     assert first["client"] == "alice"
     assert first["credits_used"] == 3 and type(first["credits_used"]) is int
@@ -461,10 +461,11 @@ def test_fetch_records_round_trips_a_record(ledger: SqliteLedger) -> None:
         request_id="req-1",
         error_code=None,
         persona_source="model",
+        tags="proj-a,exp-1",
     )
     ledger.write_sync([original])
     (stored,) = fetch_records(ledger, since=0)
-    assert stored == dict(zip(COLUMNS, original.values(), strict=True))
+    assert stored == {**dict(zip(COLUMNS, original.values(), strict=True)), "persona_name": None}
 
 
 def test_fetch_records_filters_by_client_and_since(filled: SqliteLedger) -> None:

@@ -14,9 +14,11 @@ from starlette.responses import Response
 
 from app.api.schemas import (
     ERRORS,
+    GENERATION_ERRORS,
     CreatedKey,
     KeyList,
     NewKey,
+    Reconciliation,
     RecordPage,
     Revoked,
     UsageReport,
@@ -25,7 +27,8 @@ from app.auth import authorization, issue_key, key_digest
 from app.clients import ClientSpec, InvalidClientSpec
 from app.errors import GatewayError, InvalidApiKey, InvalidRequest
 from app.ledger.protocol import REPORT_GROUPS, KeyExists, ReportGroup
-from app.reports import fetch_records, parse_time, summarize
+from app.reconcile import UpstreamRefused, reconcile
+from app.reports import fetch_records, footnote, parse_time, summarize
 from app.state import Gateway
 
 MAX_PAGE = 1000
@@ -88,7 +91,8 @@ async def usage(
     start = _time(since, "since")
     end = _time(until, "until") if until is not None else None
     rows = await summarize(gateway.ledger, since=start, until=end, by=by, client=client)
-    return _json({"object": "list", "by": by, "since": start, "until": end, "data": rows})
+    report = {"object": "list", "by": by, "since": start, "until": end, "data": rows}
+    return _json({**report, "note": footnote(by)})
 
 
 @router.get("/usage/records", summary="Raw usage records, newest first", response_model=RecordPage)
@@ -148,3 +152,17 @@ async def revoke_key(gateway: Admin, name: str) -> Response:
         raise InvalidRequest(f"no active key named {name!r}", param="name")
     await gateway.reload_keys()
     return _json({"name": name, "revoked": True})
+
+
+@router.get(
+    "/reconcile",
+    summary="The ledger's credits for Mavera's billing period next to Mavera's GET /usage",
+    response_model=Reconciliation,
+    responses={502: GENERATION_ERRORS[502]},
+)
+async def reconcile_credits(gateway: Admin) -> Response:
+    """GET /admin/reconcile: Mavera's bill, the ledger's total, the difference, unknown costs."""
+    try:
+        return _json(await reconcile(gateway.upstream, gateway.ledger))
+    except UpstreamRefused as exc:  # Mavera's own 4xx, passed on as elsewhere
+        return Response(exc.body, exc.status, exc.headers)

@@ -35,6 +35,7 @@ from app.relay import StreamRelay, unless_disconnected
 from app.routing import apply_target, resolve
 from app.scrub import MAX_ERROR_CODE_CHARS
 from app.state import Gateway
+from app.tags import TAGS_HEADER, request_tags
 from app.usage import CHAT, RESPONSES, ask_for_stream_usage, usage_from_body
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -113,6 +114,7 @@ async def proxy_generation(request: Request, endpoint: str) -> Response:
         account.caller(route, client)
         body = await read_json_object(request, gateway.settings.server.max_body_bytes)
         account.request(body)
+        account.tagged(request_tags(request.headers.getlist(TAGS_HEADER), body, client.spec.tags))
         target = resolve(gateway.settings, route, client, body, request.headers)
         account.target(target)
         apply_target(target, body)
@@ -313,5 +315,6 @@ async def _personas(gateway: Gateway, request: Request, account: RequestAccount)
     )
     if reply.status_code == 200:
         gateway.personas_cache.put(query, content)
+        gateway.persona_names.remember(content)
         account.free()
     return Response(content, reply.status_code, reply.headers)

@@ -138,6 +138,46 @@ class UsageReport(BaseModel):
     since: float
     until: float | None
     data: list[dict[str, Any]]
+    note: str | None = Field(
+        None, description="by tag: a request with several tags counts under each of them"
+    )
+
+
+class BillingPeriod(BaseModel):
+    start: str = Field(description="ISO 8601, as Mavera sent it")
+    end: str
+
+
+class MaveraCredits(BaseModel):
+    credits_used: int | float
+    credits_included: int | float | None
+    credits_remaining: int | float | None
+
+
+class LedgerCredits(BaseModel):
+    credits_used: int | float = Field(description="known costs of every client's requests")
+    requests: int
+    unknown_cost_requests: int = Field(description="requests Mavera may have billed unreported")
+
+
+class UnknownCost(BaseModel):
+    received_at: float
+    client: str
+    request_id: str
+    status: int
+    endpoint: str
+
+
+class Reconciliation(BaseModel):
+    """Mavera's bill for its billing period next to the ledger's total for the same period."""
+
+    billing_period: BillingPeriod
+    mavera: MaveraCredits
+    ledger: LedgerCredits
+    difference: int | float = Field(description="Mavera's credits used minus the ledger's")
+    agrees: bool
+    unknown_cost: list[UnknownCost] = Field(description="the newest 20 unknown-cost requests")
+    ledger_description: str
 
 
 class RecordPage(BaseModel):

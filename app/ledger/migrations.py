@@ -1,7 +1,9 @@
 """Ordered, named schema migrations; each applied once and recorded in `schema_migrations`.
 
 The SQL is written to run on both SQLite and PostgreSQL. Never edit a released migration:
-add the next one.
+add the next one. Each backend applies, in this tuple's order, every migration its database
+has not recorded, so a gap in the numbers (a migration that lands later, from a change made in
+parallel) is filled in when it arrives; migrations made in parallel must not depend on each other.
 """
 
 from __future__ import annotations
@@ -57,5 +59,26 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "0003_persona_source",
         ("ALTER TABLE usage_records ADD COLUMN persona_source TEXT",),
+    ),
+    (
+        "0005_attribution",
+        (
+            "ALTER TABLE usage_records ADD COLUMN tags TEXT",
+            # One row per (record, tag), so a report groups by tag with a plain join and
+            # GROUP BY, indexed, in the same SQL on SQLite and PostgreSQL; a JSON column would
+            # need json_each on one and jsonb_array_elements_text on the other, unindexed.
+            """CREATE TABLE record_tags (
+                record_id TEXT NOT NULL,
+                tag TEXT NOT NULL,
+                PRIMARY KEY (record_id, tag)
+            )""",
+            "CREATE INDEX record_tags_tag ON record_tags (tag)",
+            # Persona names from Mavera's list, so offline reports can show them.
+            """CREATE TABLE personas (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )""",
+        ),
     ),
 )

@@ -13,8 +13,19 @@ from app.clients import ClientSpec
 from app.records import UsageRecord
 
 # What a usage report can be grouped by; each backend maps these to its own expressions.
-ReportGroup = Literal["client", "persona", "model", "route", "endpoint", "day"]
-REPORT_GROUPS: tuple[ReportGroup, ...] = ("client", "persona", "model", "route", "endpoint", "day")
+# A record with several tags is reported under each of them (the record_tags table), one
+# without under NULL.
+ReportGroup = Literal["client", "persona", "model", "route", "endpoint", "day", "tag", "end_user"]
+REPORT_GROUPS: tuple[ReportGroup, ...] = (
+    "client",
+    "persona",
+    "model",
+    "route",
+    "endpoint",
+    "day",
+    "tag",
+    "end_user",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +62,19 @@ class UsageRow:
     latency_ms: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class PeriodTotals:
+    """All clients' records received in a period, for reconciling with Mavera's bill.
+
+    `credits` sums the reported costs (0 when none); `unknown_cost` counts the requests Mavera
+    may have charged without saying how much (`app.records.cost_unknown`).
+    """
+
+    credits: Any
+    requests: int
+    unknown_cost: int
+
+
 class KeyExists(Exception):
     """An active key already has that client name."""
 
@@ -70,7 +94,11 @@ class Ledger(Protocol):
         """Whether the storage answers now."""
 
     async def write(self, records: list[UsageRecord]) -> None:
-        """Store a batch; idempotent on record id, so a retried batch never double-counts."""
+        """Store a batch; idempotent on record id, so a retried batch never double-counts.
+
+        A record's `tags` (comma-joined) are stored in its row and, one row per tag, in
+        `record_tags(record_id, tag)`, which `usage_rows(by="tag")` joins.
+        """
 
     async def spent_since(self, client: str, since: float) -> float:
         """Credits the client's requests received since `since` have cost, as far as known."""
@@ -85,6 +113,21 @@ class Ledger(Protocol):
         self, since: float, client: str | None, limit: int, offset: int
     ) -> list[dict[str, Any]]:
         """Whole records received since `since`, newest first, one page."""
+
+    async def period_totals(self, since: float, until: float) -> PeriodTotals:
+        """Known credits, requests and unknown-cost requests received in [since, until)."""
+
+    async def unknown_cost_records(
+        self, since: float, until: float, limit: int
+    ) -> list[dict[str, Any]]:
+        """The newest `limit` unknown-cost records received in [since, until): `received_at`,
+        `client`, `request_id`, `status`, `endpoint`."""
+
+    async def store_persona_names(self, names: dict[str, str], at: float) -> None:
+        """Remember persona names by id (from Mavera's list), replacing older names."""
+
+    async def persona_names(self) -> dict[str, str]:
+        """Every persona name remembered, by id."""
 
     async def applied_migrations(self) -> list[str]:
         """Names of the schema migrations this database has had, in order."""

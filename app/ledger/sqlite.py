@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from app.clients import InvalidClientSpec, parse_client_spec
+from app.ledger.attribution import TAGGED_RECORDS, SqliteAttribution, write_tags
 from app.ledger.migrations import MIGRATIONS
 from app.ledger.protocol import KeyExists, ReportGroup, StoredKey, UsageRow
 from app.records import COLUMNS, UsageRecord
@@ -45,6 +46,8 @@ _GROUP_EXPRESSIONS: dict[ReportGroup, str] = {
     "route": "route",
     "endpoint": "endpoint",
     "day": "strftime('%Y-%m-%d', received_at, 'unixepoch')",
+    "tag": "record_tags.tag",
+    "end_user": "end_user",
 }
 _KEY_COLUMNS = (
     "name, key_sha256, persona_id, allow_persona_override, credit_budget, budget_period, rpm, "
@@ -59,8 +62,8 @@ def sqlite_path(url: str) -> str:
     return url.removeprefix("sqlite:///")
 
 
-class SqliteLedger:
-    """Usage records and gateway keys in one SQLite file."""
+class SqliteLedger(SqliteAttribution):
+    """Usage records, gateway keys and persona names in one SQLite file."""
 
     def __init__(self, url: str) -> None:
         self.path = sqlite_path(url)
@@ -159,6 +162,7 @@ class SqliteLedger:
         rows = orjson.dumps([record.values() for record in records])
         with self._transaction() as db:
             db.execute(_INSERT, (rows,))
+            write_tags(db, records)
 
     async def spent_since(self, client: str, since: float) -> float:
         """Known credits of the client's requests received since `since`."""
@@ -177,7 +181,8 @@ class SqliteLedger:
         report adds up."""
         sql = (
             f"SELECT {_GROUP_EXPRESSIONS[by]}, outcome, endpoint, status, credits_used, "
-            "input_tokens, output_tokens, latency_ms FROM usage_records "
+            "input_tokens, output_tokens, latency_ms "
+            f"FROM {TAGGED_RECORDS if by == 'tag' else 'usage_records'} "
             "WHERE received_at >= ? AND received_at < ? AND (? IS NULL OR client = ?)"
         )
         rows = await asyncio.to_thread(self._read, sql, (since, until, client, client))

@@ -41,7 +41,7 @@ from app.simulator.generate import Completion, new_id, plan
 from app.simulator.limits import SlidingWindowLimiter
 from app.simulator.personas import PERSONAS, filter_personas
 from app.simulator.script import SimRecord, SimScript, apply_overrides
-from app.simulator.usage import UsageTotals, usage_report
+from app.simulator.usage import UsageTotals, billing_month, usage_report
 from app.simulator.validate import (
     GenerationRequest,
     bearer_token,
@@ -117,8 +117,21 @@ class Simulator:
         self._totals = UsageTotals()
 
     def total_credits_charged(self) -> int:
-        """Credits billed since creation or the last ``reset()``."""
-        return self._totals.credits
+        """Credits billed this calendar month (UTC), since creation or the last ``reset()``."""
+        return self._current().credits
+
+    def spend_elsewhere(self, credits: int) -> None:
+        """Count ``credits`` as spent this month outside any gateway (Mavera's web app, say):
+        ``GET /usage`` reports them and they draw on the balance, yet no request made them."""
+        if credits < 0:
+            raise ValueError("credits spent elsewhere cannot be negative")
+        self._current().elsewhere += credits
+
+    def _current(self) -> UsageTotals:
+        """This billing period's totals: a new calendar month starts from nothing."""
+        if self._totals.month != billing_month():
+            self._totals = UsageTotals()
+        return self._totals
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point: record the request, route it, turn a ``StreamCut`` into a drop."""
@@ -207,7 +220,7 @@ class Simulator:
             r for r in self.records if r.path.endswith(("/chat/completions", "/responses"))
         ]
         totals = dataclasses.replace(
-            self._totals,
+            self._current(),
             requests=len(generations),
             errors=sum(1 for r in self.records if r.status >= 400),
         )
@@ -258,10 +271,10 @@ class Simulator:
             tool_name=req.tool_name,
             json_schema=req.json_schema,
         )
-        if self.credits is not None and self._totals.credits + done.cost > self.credits:
+        if self.credits is not None and self._current().spent() + done.cost > self.credits:
             raise SimError.credits_exhausted()
         record.id = new_id("chatcmpl_" if req.kind == "chat" else "resp_")
-        body, events = self._render(req, record.id, done)
+        body, events = formats.render(req, record.id, done)
         bill = functools.partial(self._bill, record, done)
         return Delivery(
             record=record,
@@ -273,25 +286,11 @@ class Simulator:
             bill=bill,
         )
 
-    @staticmethod
-    def _render(
-        req: GenerationRequest, rid: str, done: Completion
-    ) -> tuple[bytes | None, list[formats.Event] | None]:
-        """The non-stream body or the stream events for a planned answer."""
-        created = int(time.time())
-        if req.kind == "chat":
-            if req.stream:
-                return None, formats.chat_stream(rid, created, done, req.include_usage)
-            return orjson.dumps(formats.chat_completion(rid, created, done)), None
-        msg_id = new_id("msg_")
-        if req.stream:
-            return None, formats.responses_stream(rid, created, msg_id, done)
-        return orjson.dumps(formats.response_object(rid, created, msg_id, done)), None
-
     def _bill(self, record: SimRecord, done: Completion, reported: bool) -> None:
         record.credits_charged = done.cost
         if reported:
             record.credits_reported = done.cost
-        self._totals.credits += done.cost
-        self._totals.prompt_tokens += done.input_tokens
-        self._totals.completion_tokens += done.output_tokens
+        totals = self._current()
+        totals.credits += done.cost
+        totals.prompt_tokens += done.input_tokens
+        totals.completion_tokens += done.output_tokens

@@ -8,14 +8,15 @@ code charges exactly when it hands that event to the server.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 from sse_starlette import ServerSentEvent
 
-from app.simulator.generate import Completion
-from app.simulator.validate import MODEL
+from app.simulator.generate import Completion, new_id
+from app.simulator.validate import MODEL, GenerationRequest
 
 
 @dataclass(frozen=True)
@@ -180,3 +181,18 @@ def responses_stream(rid: str, created: int, msg_id: str, done: Completion) -> l
         events.append(Event(encode_event(payload, kind), bill=bill))
     events.append(Event(DONE))
     return events
+
+
+def render(
+    req: GenerationRequest, rid: str, done: Completion
+) -> tuple[bytes | None, list[Event] | None]:
+    """The non-stream body or the stream events for a planned answer."""
+    created = int(time.time())
+    if req.kind == "chat":
+        if req.stream:
+            return None, chat_stream(rid, created, done, req.include_usage)
+        return orjson.dumps(chat_completion(rid, created, done)), None
+    msg_id = new_id("msg_")
+    if req.stream:
+        return None, responses_stream(rid, created, msg_id, done)
+    return orjson.dumps(response_object(rid, created, msg_id, done)), None

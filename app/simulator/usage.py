@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import calendar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,15 +11,31 @@ from typing import Any
 UNLIMITED_CREDITS = 1_000_000
 
 
+def billing_month() -> str:
+    """The billing period now: the calendar month in UTC, as ``YYYY-MM``."""
+    return datetime.now(UTC).strftime("%Y-%m")
+
+
 @dataclass
 class UsageTotals:
-    """Running totals over billed generations and answered requests."""
+    """One billing period's totals over billed generations and answered requests.
+
+    ``credits`` are what the simulator billed for requests; ``elsewhere`` what was spent this
+    period without a request to it (``Simulator.spend_elsewhere``). Mavera's ``credits.used``
+    is both together.
+    """
 
     requests: int = 0
     errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     credits: int = 0
+    elsewhere: int = 0
+    month: str = field(default_factory=billing_month)
+
+    def spent(self) -> int:
+        """Every credit used this period, as ``GET /usage`` reports it."""
+        return self.credits + self.elsewhere
 
 
 def _billing_period(now: datetime) -> dict[str, str]:
@@ -40,14 +56,15 @@ def _share(used: float, included: float) -> int:
 def usage_report(totals: UsageTotals, credits: int | None, rpm: int) -> dict[str, Any]:
     """The documented usage object; unlimited credits report ``UNLIMITED_CREDITS`` included."""
     included = credits if credits is not None else UNLIMITED_CREDITS
+    used = totals.spent()
     return {
         "object": "usage",
         "billing_period": _billing_period(datetime.now(UTC)),
         "credits": {
-            "used": totals.credits,
+            "used": used,
             "included": included,
-            "remaining": max(0, included - totals.credits),
-            "percentage_used": _share(totals.credits, included),
+            "remaining": max(0, included - used),
+            "percentage_used": _share(used, included),
         },
         "transcription": {
             "minutes_used": 0,

@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,6 +16,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from app.ledger.sqlite import SqliteLedger
 from app.records import UsageRecord
+from app.simulator import PERSONAS as SIM_PERSONAS
 from tests.conftest import PERSONAS, GatewayFactory, RunningGateway, free_port
 
 CHROMIUM = "/usr/bin/chromium"
@@ -29,6 +31,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ADMIN_KEY = "dash-browser-admin-key"
+ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 REFUSED = "That admin key was refused by the gateway."
 NOW = time.time()
 HOUR = 3600.0
@@ -100,6 +103,8 @@ def seeded_gateway(
     store.open_sync()
     store.write_sync(SEEDED)
     store.close_sync()
+    overrides.setdefault("upstream", {"persona_names_at_start": True})
+    assert isinstance(overrides["upstream"], dict)
     gateway = make_gateway(admin={"key": ADMIN_KEY}, **overrides)
     created = httpx.post(
         gateway.url + "/admin/keys",
@@ -107,7 +112,27 @@ def seeded_gateway(
         json={"name": "alice", "credit_budget": 100, "budget_period": "month"},
     )
     assert created.status_code == 201
+    deadline = time.monotonic() + 10  # the gateway reads the persona names as it starts
+    while overrides["upstream"].get("persona_names_at_start") and not all(
+        row["persona_name"] for row in usage(gateway, "persona")
+    ):
+        assert time.monotonic() < deadline, "the persona names never arrived"
+        time.sleep(0.05)
     return gateway
+
+
+def usage(gateway: RunningGateway, by: str) -> list[dict[str, Any]]:
+    """The admin usage report for the last 30 days."""
+    answer = httpx.get(
+        gateway.url + "/admin/usage", params={"since": "30d", "by": by}, headers=ADMIN
+    )
+    rows: list[dict[str, Any]] = answer.json()["data"]
+    return rows
+
+
+def shown(value: float) -> str:
+    """A number as the page writes it (en-US, at most two decimals)."""
+    return f"{value:,.2f}".rstrip("0").rstrip(".")
 
 
 def sign_in(page: Page, gateway: RunningGateway, key: str = ADMIN_KEY) -> None:
@@ -159,10 +184,23 @@ def test_dashboard_shows_the_seeded_ledger(
     assert page.locator("#daily svg rect.segment").count() == segments
     assert page.locator("#client-chart svg rect.bar").count() == 2
     personas = page.locator("#personas tbody tr")
-    assert personas.locator("td.persona").all_inner_texts() == [PERSONAS[1], PERSONAS[0]]
+    names = {persona.id: persona.name for persona in SIM_PERSONAS}
+    assert personas.locator("td.persona").all_inner_texts() == [
+        names[PERSONAS[1]],
+        names[PERSONAS[0]],
+    ]
     assert personas.locator("td.credits").all_inner_texts() == ["18", "6.5"]
     alice_budget = page.locator('#budgets tr[data-client="alice"]')
     assert alice_budget.locator("td.budget").inner_text() == "100 / month"
+    reconciled = httpx.get(gateway.url + "/admin/reconcile", headers=ADMIN).json()
+    assert reconciled["mavera"]["credits_used"] == 0  # the seeded requests never reached it
+    facts = page.locator("#reconcile dd").all_inner_texts()
+    assert facts[1:4] == [
+        "0",
+        shown(reconciled["ledger"]["credits_used"]),
+        f"{shown(reconciled['difference'])} (differs by {shown(reconciled['difference'])})",
+    ]
+    assert page.locator("#balance").inner_text() == shown(reconciled["mavera"]["credits_remaining"])
     page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
 
@@ -209,7 +247,8 @@ def test_reconciliation_unavailable_while_the_rest_renders(
     make_gateway: GatewayFactory, tmp_path: Path, page: Page
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}/api/v1"  # nothing listens: Mavera cannot be reached
-    gateway = seeded_gateway(make_gateway, tmp_path, upstream={"base_url": dead, "max_retries": 0})
+    unreachable = {"base_url": dead, "max_retries": 0, "persona_names_at_start": False}
+    gateway = seeded_gateway(make_gateway, tmp_path, upstream=unreachable)
     sign_in(page, gateway)
     page.locator('#clients tr[data-client="alice"]').wait_for()
     assert page.locator("#reconcile .unavailable").inner_text() == "unavailable"

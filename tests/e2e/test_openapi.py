@@ -29,6 +29,7 @@ EXPECTED = {
     ("get", "/metrics"),
     ("get", "/admin/usage"),
     ("get", "/admin/usage/records"),
+    ("get", "/admin/reconcile"),
     ("get", "/admin/keys"),
     ("post", "/admin/keys"),
     ("delete", "/admin/keys/{name}"),
