@@ -74,3 +74,9 @@ def test_the_admin_data_the_page_reads_needs_the_key(make_gateway: GatewayFactor
         headers={"authorization": f"Bearer {ADMIN_KEY}"},
     ).json()["data"]
     assert other == []
+    tagged = httpx.get(
+        gateway.url + "/admin/usage",
+        params={"by": "tag", "client": "local"},
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+    ).json()["data"]
+    assert [(row["tag"], row["requests"]) for row in tagged] == [("(none)", 1)]
