@@ -10,6 +10,7 @@ import random
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -24,6 +25,7 @@ from tests.conftest import PERSONAS, UPSTREAM_KEY, gateway_settings
 from tests.e2e.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS
 
 ADMIN_KEY = "screenshot-admin-key"
+ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 # client: (requests a day, credits a request, its personas, budget per month)
 TEAM = {
     "research": (14, 3.0, PERSONAS[0:2], 2000),
@@ -33,8 +35,8 @@ TEAM = {
 }
 
 
-def seed(path: Path, now: float, rng: random.Random) -> None:
-    """30 days of requests for TEAM, with a few errors and slow answers."""
+def seed(path: Path, now: float, rng: random.Random) -> list[UsageRecord]:
+    """30 days of requests for TEAM, with a few errors and slow answers, stored and returned."""
     records = []
     for client, (per_day, cost, personas, _) in TEAM.items():
         for day in range(30):
@@ -56,33 +58,66 @@ def seed(path: Path, now: float, rng: random.Random) -> None:
     store.open_sync()
     store.write_sync(records)
     store.close_sync()
+    return records
+
+
+def month_credits(records: list[UsageRecord], now: float) -> int:
+    """What the seeded requests cost in this calendar month (UTC): Mavera's billing period."""
+    start = datetime.fromtimestamp(now, UTC).replace(day=1, hour=0, minute=0, second=0)
+    return sum(int(r.credits_used or 0) for r in records if r.received_at >= start.timestamp())
+
+
+def wait_for_persona_names(url: str) -> None:
+    """The gateway reads the persona names from the simulator as it starts; wait for them."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        rows = httpx.get(
+            url + "/admin/usage", params={"since": "30d", "by": "persona"}, headers=ADMIN
+        ).json()["data"]
+        if all(row["persona_name"] for row in rows):
+            return
+        time.sleep(0.05)
+    raise RuntimeError("the gateway never learnt the persona names")
 
 
 def main(target: str) -> None:
     """Serve the seeded gateway, open the dashboard with the admin key, save a screenshot."""
-    workdir = Path(tempfile.mkdtemp(prefix="dashboard-shot-"))
-    seed(workdir / "ledger.db", time.time(), random.Random(7))
-    with BackgroundServer(Simulator(api_keys={UPSTREAM_KEY}).app) as simulator:
-        settings = gateway_settings(simulator.url, workdir, admin={"key": ADMIN_KEY})
+    workdir, now = Path(tempfile.mkdtemp(prefix="dashboard-shot-")), time.time()
+    records = seed(workdir / "ledger.db", now, random.Random(7))
+    mavera = Simulator(api_keys={UPSTREAM_KEY}, credits=5000)
+    mavera.spend_elsewhere(month_credits(records, now) + 12)  # 12 spent outside the gateway
+    with BackgroundServer(mavera.app) as simulator:
+        settings = gateway_settings(
+            simulator.url,
+            workdir,
+            admin={"key": ADMIN_KEY},
+            upstream={"persona_names_at_start": True},
+        )
         with BackgroundServer(create_app(settings), edge=settings.server) as gateway:
             for client, (*_, budget) in TEAM.items():
                 httpx.post(
                     gateway.url + "/admin/keys",
-                    headers={"authorization": f"Bearer {ADMIN_KEY}"},
+                    headers=ADMIN,
                     json={"name": client, "credit_budget": budget},
                 ).raise_for_status()
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                page = browser.new_page(viewport={"width": 1200, "height": 900})
-                page.goto(gateway.url + "/dashboard")
-                page.get_by_label("Admin key").fill(ADMIN_KEY)
-                page.get_by_role("button", name="Open dashboard").click()
-                page.get_by_label("Period", exact=True).select_option("30d")
-                page.locator('#clients tr[data-client="eval-suite"]').wait_for()
-                page.wait_for_load_state("networkidle")
-                page.screenshot(path=target, full_page=True)
-                browser.close()
+            wait_for_persona_names(gateway.url)
+            shoot(gateway.url, target)
     print(f"{target}: {Path(target).stat().st_size} bytes")
+
+
+def shoot(url: str, target: str) -> None:
+    """The dashboard's 30-day view, whole page, in headless chromium."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(url + "/dashboard")
+        page.get_by_label("Admin key").fill(ADMIN_KEY)
+        page.get_by_role("button", name="Open dashboard").click()
+        page.get_by_label("Period", exact=True).select_option("30d")
+        page.locator('#clients tr[data-client="eval-suite"]').wait_for()
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=target, full_page=True)
+        browser.close()
 
 
 if __name__ == "__main__":

@@ -164,7 +164,9 @@
     fact(list, "Billing period", `${when(r.billing_period.start)} to ${when(r.billing_period.end)}`);
     fact(list, "Credits used, as Mavera bills them", number(r.mavera.credits_used));
     fact(list, "Credits used, as the ledger records them", number(r.ledger.credits_used));
-    fact(list, "Difference", `${number(r.difference)} (${verdict})`, r.agrees ? "agrees" : "differs");
+    const which = r.agrees ? "agrees" : r.difference > 0 ? "Mavera billed more than the ledger recorded"
+      : "the ledger recorded more than Mavera billed";
+    fact(list, "Difference", `${number(r.difference)}: ${which}`, r.agrees ? "agrees" : "differs");
     fact(list, "Requests of unknown cost", number(r.ledger.unknown_cost_requests));
     fact(list, "Mavera credits left", `${number(r.mavera.credits_remaining)} of ${number(r.mavera.credits_included)}`);
     panel.replaceChildren(list);

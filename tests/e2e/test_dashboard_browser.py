@@ -106,6 +106,7 @@ def seeded_gateway(
     overrides.setdefault("upstream", {"persona_names_at_start": True})
     assert isinstance(overrides["upstream"], dict)
     gateway = make_gateway(admin={"key": ADMIN_KEY}, **overrides)
+    gateway.sim.spend_elsewhere(1000)  # Mavera's bill: only what was spent outside the gateway
     created = httpx.post(
         gateway.url + "/admin/keys",
         headers={"authorization": f"Bearer {ADMIN_KEY}"},
@@ -193,13 +194,16 @@ def test_dashboard_shows_the_seeded_ledger(
     alice_budget = page.locator('#budgets tr[data-client="alice"]')
     assert alice_budget.locator("td.budget").inner_text() == "100 / month"
     reconciled = httpx.get(gateway.url + "/admin/reconcile", headers=ADMIN).json()
-    assert reconciled["mavera"]["credits_used"] == 0  # the seeded requests never reached it
+    assert reconciled["mavera"]["credits_used"] == 1000  # the seeded requests never reached it
     facts = page.locator("#reconcile dd").all_inner_texts()
     assert facts[1:4] == [
-        "0",
+        "1,000",
         shown(reconciled["ledger"]["credits_used"]),
-        f"{shown(reconciled['difference'])} (differs by {shown(reconciled['difference'])})",
+        f"{shown(reconciled['difference'])}: Mavera billed more than the ledger recorded",
     ]
+    assert page.locator("#reconcile-figure").inner_text() == (
+        f"differs by {shown(reconciled['difference'])}"
+    )
     assert page.locator("#balance").inner_text() == shown(reconciled["mavera"]["credits_remaining"])
     page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
