@@ -174,9 +174,11 @@
     $("reconcile-figure").textContent = verdict;
   }
 
+  let latest = 0; // a load overtaken by a newer one (period changed meanwhile) shows nothing
+
   async function load() {
     if (!sessionStorage.getItem(STORE)) return;
-    const since = $("period").value, days = utcDays(since);
+    const since = $("period").value, days = utcDays(since), mine = ++latest;
     say("Loading…");
     try {
       const [clients, personas, keys] = await Promise.all([
@@ -187,6 +189,7 @@
         Promise.all(names.map((name) => get(`/admin/usage?since=${since}&by=day&client=${encodeURIComponent(name)}`))),
         Promise.all(budgeted.map((k) => attempt(`/admin/clients/${encodeURIComponent(k.name)}/spend`))),
         attempt("/admin/reconcile")]);
+      if (mine !== latest) return;
       $("login").hidden = true;
       $("controls").hidden = false;
       $("data").hidden = false;
@@ -198,6 +201,7 @@
       say("");
       $("updated").textContent = `Updated ${new Date().toISOString().replace("T", " ").slice(0, 19)} UTC.`;
     } catch (error) {
+      if (mine !== latest) return;
       if (!(error instanceof Refused)) return say(`The gateway did not answer: ${error.message}`, true);
       sessionStorage.removeItem(STORE);
       signedOut(REFUSED, true);
