@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -32,38 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve_cmd = commands.add_parser("serve", help="run the gateway")
-    _config_option(serve_cmd)
-    serve_cmd.add_argument("--host", help="bind address (default 127.0.0.1)")
-    serve_cmd.add_argument("--port", type=int, help="port (default 8080)")
-    serve_cmd.add_argument(
-        "--simulate", action="store_true", help="use the built-in Mavera simulator"
-    )
-    serve_cmd.add_argument(
-        "--allow-open", action="store_true", help="allow a non-loopback bind with no client keys"
-    )
-    serve_cmd.add_argument("--log-format", choices=["text", "json"], help="log line format")
+    _serve_parser(commands)
 
-    sim_cmd = commands.add_parser("simulate", help="run the Mavera simulator alone")
-    sim_cmd.add_argument("--host", default="127.0.0.1")
-    sim_cmd.add_argument("--port", type=int, default=8090)
-    sim_cmd.add_argument("--chunks", type=int, default=8, help="text deltas per stream")
-    sim_cmd.add_argument(
-        "--chunk-delay-ms", type=float, default=0.0, help="gap between stream events"
-    )
-    sim_cmd.add_argument(
-        "--first-byte-delay-ms", type=float, default=0.0, help="delay before answering"
-    )
-    sim_cmd.add_argument("--rpm", type=int, help="per-key rate limit (default: none)")
-    sim_cmd.add_argument("--credits", type=int, help="credit balance (default: unlimited)")
-    sim_cmd.add_argument(
-        "--credits-used-elsewhere",
-        type=int,
-        default=0,
-        metavar="N",
-        help="credits GET /usage reports as spent this period by something other than the "
-        "gateway (to try reconcile)",
-    )
+    _simulate_parser(commands)
 
     check_cmd = commands.add_parser("check-config", help="validate and print the effective config")
     _config_option(check_cmd)
@@ -97,6 +69,56 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile_cmd.add_argument("--format", choices=["table", "json"], default="table")
     _config_option(reconcile_cmd)
     return parser
+
+
+def _simulate_parser(commands: Any) -> None:
+    sim_cmd = commands.add_parser("simulate", help="run the Mavera simulator alone")
+    sim_cmd.add_argument("--host", default="127.0.0.1")
+    sim_cmd.add_argument("--port", type=int, default=8090)
+    sim_cmd.add_argument("--chunks", type=int, default=8, help="text deltas per stream")
+    sim_cmd.add_argument(
+        "--chunk-delay-ms", type=float, default=0.0, help="gap between stream events"
+    )
+    sim_cmd.add_argument(
+        "--first-byte-delay-ms", type=float, default=0.0, help="delay before answering"
+    )
+    sim_cmd.add_argument("--rpm", type=int, help="per-key rate limit (default: none)")
+    sim_cmd.add_argument("--credits", type=int, help="credit balance (default: unlimited)")
+    sim_cmd.add_argument(
+        "--credits-used-elsewhere",
+        type=int,
+        default=0,
+        metavar="N",
+        help="credits GET /usage reports as spent this period by something other than the "
+        "gateway (to try reconcile)",
+    )
+
+
+def _serve_parser(commands: Any) -> None:
+    serve_cmd = commands.add_parser("serve", help="run the gateway")
+    _config_option(serve_cmd)
+    serve_cmd.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve_cmd.add_argument("--port", type=int, help="port (default 8080)")
+    serve_cmd.add_argument(
+        "--simulate", action="store_true", help="use the built-in Mavera simulator"
+    )
+    serve_cmd.add_argument(
+        "--allow-open", action="store_true", help="allow a non-loopback bind with no client keys"
+    )
+    serve_cmd.add_argument("--log-format", choices=["text", "json"], help="log line format")
+    serve_cmd.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="worker processes sharing the port (default 1; limits then need Redis)",
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -133,10 +155,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     settings = load_settings(args.config, **_overrides(args))
     if args.command == "serve":
-        serve(
+        return serve(
             settings,
             simulate=args.simulate,
-            reload_settings=lambda: load_settings(args.config, **_overrides(args)),
+            # a partial, not a lambda: with --workers it is pickled into each worker
+            reload_settings=functools.partial(load_settings, args.config, **_overrides(args)),
+            workers=args.workers,
         )
     elif args.command == "check-config":
         print(effective_config_toml(settings))

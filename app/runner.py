@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import ipaddress
 import logging
-import signal
 import socket
-import threading
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable
 
 import uvicorn
 from pydantic import SecretStr
@@ -17,11 +16,10 @@ from sse_starlette.sse import AppStatus
 
 from app.background import BackgroundServer
 from app.config import Settings
-from app.edge import uvicorn_options
 from app.ledger.backends import open_ledger
 from app.logs import configure_logging
-from app.server import create_app
 from app.simulator import SimScript, Simulator, persona_ids
+from app.workers import gateway_config, limits_need_sharing, run_server, supervise
 
 logger = logging.getLogger("mavera_gateway")
 
@@ -88,24 +86,31 @@ def serve(
     *,
     simulate: bool = False,
     reload_settings: Callable[[], Settings] | None = None,
-) -> None:
-    """Run the gateway in the foreground until SIGINT/SIGTERM, then drain and flush.
+    workers: int = 1,
+) -> int:
+    """Run the gateway in the foreground until SIGINT/SIGTERM, then drain and flush; exit code.
 
-    `reload_settings` reads the configuration again on SIGHUP.
+    `reload_settings` reads the configuration again on SIGHUP. With `workers` > 1, that many
+    processes serve the port (app.workers), and `reload_settings` must be picklable.
     """
     api_key = settings.upstream.api_key
     configure_logging(settings.server.log_format, (api_key.get_secret_value(),) if api_key else ())
     check_exposure(settings)
+    if workers > 1:
+        check_workers(settings, workers)
+        settings = settings.model_copy(
+            update={"server": settings.server.model_copy(update={"port": claim_port(settings)})}
+        )
     simulator: BackgroundServer | None = None
     if simulate:
         # sse-starlette ends every SSE stream in the process on the first SIGTERM; the in-process
         # simulator must keep serving the streams the gateway is still draining.
         AppStatus.enable_automatic_graceful_drain = False
+        # One simulator for all workers: they share its records, rate limits and credits.
         simulator = BackgroundServer(Simulator().app).start()
         settings = with_simulator(settings, simulator.url)
         if reload_settings is not None:
-            read_again, url = reload_settings, simulator.url
-            reload_settings = lambda: with_simulator(read_again(), url)  # noqa: E731
+            reload_settings = functools.partial(_simulated, reload_settings, simulator.url)
         logger.info("simulate mode: upstream is the built-in Mavera simulator at %s", simulator.url)
     elif api_key is None:
         raise StartupRefused(
@@ -113,49 +118,58 @@ def serve(
         )
     host, port = settings.server.host, settings.server.port
     logger.info(
-        "mavera-gateway on http://%s:%d/v1 -> %s (default persona: %s)",
+        "mavera-gateway on http://%s:%d/v1 -> %s (default persona: %s%s)",
         host,
         port,
         settings.upstream.base_url,
         settings.defaults.persona_id or "none",
+        f", {workers} workers" if workers > 1 else "",
     )
-    app = create_app(settings, reload_settings)
     try:
-        with _stop_signals_exit_cleanly():
-            uvicorn.run(
-                app,
-                host=host,
-                port=port,
-                loop="uvloop",
-                lifespan="on",
-                access_log=False,
-                log_config=None,
-                timeout_graceful_shutdown=int(settings.server.shutdown_grace_s),
-                **uvicorn_options(settings.server, app),
-            )
+        if workers > 1:
+            return supervise(settings, reload_settings, workers)
+        run_server(uvicorn.Server(gateway_config(settings, reload_settings, host=host, port=port)))
+        return 0
     finally:
         if simulator is not None:
             simulator.stop()
 
 
-@contextlib.contextmanager
-def _stop_signals_exit_cleanly() -> Iterator[None]:
-    """Make SIGTERM/SIGINT end `serve` normally (exit 0) once uvicorn has drained and flushed.
+def _simulated(read: Callable[[], Settings], simulator_url: str) -> Settings:
+    """The configuration read again, still pointed at the running simulator."""
+    return with_simulator(read(), simulator_url)
 
-    uvicorn re-raises the signal that stopped it after its graceful shutdown, under the handler
-    that was installed before it started: by default that kills the process (SIGTERM, exit -15)
-    or raises KeyboardInterrupt (SIGINT). By then the shutdown is complete, so ignore it.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    stops = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in stops}
+
+def check_workers(settings: Settings, workers: int) -> None:
+    """Refuse several workers where they cannot act as one gateway."""
+    if not sys.platform.startswith("linux"):
+        raise StartupRefused(
+            "--workers needs Linux, where SO_REUSEPORT spreads connections over the workers; "
+            "run one worker per gateway and several gateways instead"
+        )
+    shared = limits_need_sharing(settings)
+    if shared and not settings.limits.redis_url:
+        raise StartupRefused(
+            f"--workers {workers} with limits configured ({', '.join(shared)}): each worker "
+            "would count them on its own, letting through up to "
+            f"{workers} times the limit. Set MAVERA_GATEWAY_REDIS_URL=redis://HOST:6379/0 "
+            "(or [limits] redis_url) so the workers share their counters, or run one worker."
+        )
+
+
+def claim_port(settings: Settings) -> int:
+    """The port the workers will share: free now (no other process on it), 0 made concrete."""
+    host, port = settings.server.host, settings.server.port
     try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+            return int(probe.getsockname()[1])
+    except OSError as exc:
+        raise StartupRefused(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def simulate(

@@ -4,6 +4,7 @@ the process's own stderr are the point."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -77,3 +78,54 @@ class GatewayProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=5)
+
+
+_WORKER_READY = re.compile(r"worker (\d+) of (\d+) ready \(pid (\d+)\)")
+
+
+def ready_workers(process: GatewayProcess, count: int, timeout_s: float = 60.0) -> list[int]:
+    """The pids of a `serve --workers` gateway's workers (worker 1 first), from its log, once all
+    are ready."""
+    assert process.proc is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.proc.poll() is not None:
+            pytest.fail(f"gateway exited with {process.proc.returncode}:\n{process.log()}")
+        found = _WORKER_READY.findall(process.log())
+        if len(found) == count:
+            return [int(pid) for _, _, pid in sorted(found, key=lambda f: int(f[0]))]
+        time.sleep(0.1)
+    pytest.fail(f"{count} workers not ready within {timeout_s} s:\n{process.log()}")
+
+
+def connection_owners(port: int, pids: list[int]) -> dict[int, int]:
+    """Established IPv4 connections to `port`: the client's port -> the pid serving it.
+
+    Read from /proc: the kernel's socket table, and which process holds each socket.
+    """
+    client_port_of: dict[str, int] = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+        if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:  # 01: ESTABLISHED
+            client_port_of[inode] = int(remote.rsplit(":", 1)[1], 16)
+    owners: dict[int, int] = {}
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:  # closed meanwhile
+                continue
+            inode = target.removeprefix("socket:[").removesuffix("]")
+            if target.startswith("socket:[") and inode in client_port_of:
+                owners[client_port_of[inode]] = pid
+    return owners
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (and is not a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

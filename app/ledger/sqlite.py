@@ -82,10 +82,10 @@ class SqliteLedger(SqliteAttribution):
         connection = sqlite3.connect(
             self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )
-        connection.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(connection)
         connection.execute("PRAGMA synchronous=NORMAL")
         self._connection = connection
-        self._migrate()
+        self._migrate()  # BEGIN IMMEDIATE: processes opening the file at once migrate in turn
 
     def _migrate(self) -> None:
         with self._transaction() as db:
@@ -256,6 +256,23 @@ class SqliteLedger(SqliteAttribution):
                 (at, name),
             ).rowcount
         return bool(changed > 0)
+
+
+def _enable_wal(connection: sqlite3.Connection) -> None:
+    """Switch the file to WAL, waiting out other processes that are opening it too.
+
+    Changing the journal mode does not wait for the busy timeout: when several workers open a
+    new file at once, all but one get SQLITE_BUSY at once, so retry until BUSY_TIMEOUT_S.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _stored_key(row: tuple[Any, ...]) -> StoredKey | None:
