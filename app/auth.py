@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 from collections.abc import Iterable, Mapping
 
 from starlette.datastructures import Headers
 
-from app.clients import LOCAL_CLIENT, Client, ClientSpec, check_client_name
+from app.clients import LOCAL_CLIENT, Client
 from app.config import ClientSettings
 from app.errors import InvalidApiKey
-from app.ledger.protocol import Ledger, StoredKey
+from app.ledger.protocol import StoredKey
 
 KEY_PREFIX = "mgw_"
 
@@ -30,14 +29,6 @@ def new_key() -> str:
 def key_digest(key: str) -> str:
     """The stored form of a key."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-async def issue_key(ledger: Ledger, name: str, spec: ClientSpec) -> str:
-    """Create and store a key for client `name`; return the plain key, which is never stored."""
-    check_client_name(name)
-    key = new_key()
-    await ledger.add_key(StoredKey(name, key_digest(key), spec, created_at=time.time()))
-    return key
 
 
 def authorization(headers: Mapping[str, str]) -> str:

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import functools
+import importlib.metadata
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
-from app.auth import issue_key
-from app.clients import BUDGET_PERIODS, InvalidClientSpec, parse_client_spec
+from app import cli_keys
+from app.cli_ledger import LedgerMissing, with_ledger
+from app.clients import InvalidClientSpec
 from app.config import ConfigError, Settings, load_settings
 from app.errors import GatewayError
-from app.ledger.backends import open_ledger
+from app.key_admin import DeclaredInConfig, NoActiveKey
 from app.ledger.protocol import KeyExists, Ledger
 from app.reconcile import UpstreamRefused, reconcile
 from app.reconcile import render as render_reconciliation
@@ -31,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mavera-gateway", description="OpenAI-compatible gateway in front of the Mavera API."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     _serve_parser(commands)
@@ -40,21 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     check_cmd = commands.add_parser("check-config", help="validate and print the effective config")
     _config_option(check_cmd)
 
-    keys_cmd = commands.add_parser("keys", help="manage gateway keys")
-    keys_sub = keys_cmd.add_subparsers(dest="keys_command", required=True)
-    create = keys_sub.add_parser("create", help="create a key for a client (printed once)")
-    create.add_argument("name")
-    create.add_argument("--persona", help="the client's default persona_id")
-    create.add_argument("--budget", type=int, help="credit budget per period")
-    create.add_argument("--period", choices=BUDGET_PERIODS, default="month")
-    create.add_argument("--rpm", type=int, help="requests per minute")
-    create.add_argument("--allow-persona-override", action="store_true", default=None)
-    _config_option(create)
-    listing = keys_sub.add_parser("list", help="list clients with keys (never the keys)")
-    _config_option(listing)
-    revoke = keys_sub.add_parser("revoke", help="revoke a client's key (effective within seconds)")
-    revoke.add_argument("name")
-    _config_option(revoke)
+    cli_keys.add_commands(commands, _config_option)
 
     usage_cmd = commands.add_parser("usage", help="report credit usage from the ledger")
     usage_cmd.add_argument("--since", default="24h", help="30m, 24h, 7d, or a date (default 24h)")
@@ -121,6 +107,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("mavera-gateway")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def _config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML config file (default: $MAVERA_GATEWAY_CONFIG)")
 
@@ -130,9 +123,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (ConfigError, StartupRefused, KeyExists, InvalidClientSpec, ValueError) as exc:
+    except (
+        ConfigError,
+        StartupRefused,
+        KeyExists,
+        InvalidClientSpec,
+        DeclaredInConfig,
+        ValueError,
+    ) as exc:
         print(f"mavera-gateway: {exc}", file=sys.stderr)
         return 2
+    except (LedgerMissing, NoActiveKey) as exc:
+        print(f"mavera-gateway: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # output piped into `head` and the like
         return 0
 
@@ -165,12 +168,24 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "check-config":
         print(effective_config_toml(settings))
     elif args.command == "keys":
-        return _with_ledger(settings, lambda ledger: _keys(args, ledger))
+        configured = list(settings.clients)
+        return with_ledger(
+            settings,
+            lambda ledger: cli_keys.run_keys(args, ledger, configured),
+            must_exist=args.keys_command != "create",
+        )
+    elif args.command == "audit":
+        since = parse_time(args.since) if args.since else 0.0
+        return with_ledger(
+            settings, lambda ledger: cli_keys.run_audit(args, ledger, since), must_exist=True
+        )
     elif args.command == "usage":
         since = parse_time(args.since)
         until = parse_time(args.until) if args.until else None
-        rows = _with_ledger(
-            settings, lambda ledger: summarize(ledger, since=since, until=until, by=args.by)
+        rows = with_ledger(
+            settings,
+            lambda ledger: summarize(ledger, since=since, until=until, by=args.by),
+            must_exist=True,
         )
         print(render(rows, args.format))
         note = footnote(args.by)
@@ -189,17 +204,16 @@ def _reconcile(settings: Settings, fmt: str) -> int:
             "reconcile reads Mavera's GET /usage: set MAVERA_API_KEY (and MAVERA_BASE_URL)"
         )
 
-    async def run() -> dict[str, Any]:
+    async def work(ledger: Ledger) -> dict[str, Any]:
         upstream = Upstream(settings.upstream)
         try:
-            async with _opened(settings) as ledger:
-                print(f"ledger: {ledger.description}", file=sys.stderr)
-                return await reconcile(upstream, ledger)
+            return await reconcile(upstream, ledger)
         finally:
             await upstream.aclose()
 
     try:
-        result = asyncio.run(run())
+        # an empty ledger is an answer here: Mavera billed what the gateway never saw
+        result = with_ledger(settings, work, must_exist=False)
     except (GatewayError, UpstreamRefused) as exc:
         print(f"mavera-gateway: cannot reconcile: {exc}", file=sys.stderr)
         return 1
@@ -219,54 +233,3 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None
     }
     return {"server": server} if server else {}
-
-
-T = TypeVar("T")
-
-
-def _with_ledger(settings: Settings, work: Callable[[Ledger], Awaitable[T]]) -> T:
-    """Run `work` against the configured ledger, opened for it and closed after."""
-
-    async def run() -> T:
-        async with _opened(settings) as ledger:
-            return await work(ledger)
-
-    return asyncio.run(run())
-
-
-@contextlib.asynccontextmanager
-async def _opened(settings: Settings) -> AsyncIterator[Ledger]:
-    ledger = open_ledger(settings.ledger.database_url)
-    await ledger.open()
-    try:
-        yield ledger
-    finally:
-        await ledger.close()
-
-
-async def _keys(args: argparse.Namespace, ledger: Ledger) -> int:
-    if args.keys_command == "create":
-        spec = parse_client_spec(
-            {
-                "persona_id": args.persona,
-                "credit_budget": args.budget,
-                "rpm": args.rpm,
-                "budget_period": args.period,
-                "allow_persona_override": args.allow_persona_override,
-            }
-        )
-        key = await issue_key(ledger, args.name, spec)
-        print(f"created key for client {args.name!r}; it is shown only this once:\n{key}")
-        return 0
-    if args.keys_command == "list":
-        rows = [key.public() for key in await ledger.keys()]
-        print(render(rows, "table") if rows else "no keys yet: mavera-gateway keys create NAME")
-        return 0
-    if await ledger.revoke_key(args.name, time.time()):
-        print(
-            f"revoked the key of client {args.name!r}; "
-            "a running gateway stops accepting it within seconds"
-        )
-        return 0
-    print(f"mavera-gateway: no active key named {args.name!r}", file=sys.stderr)
-    return 1

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -26,7 +27,14 @@ from pydantic_settings import (
 from app.clients import BudgetPeriod, ClientSpec, check_client_name
 
 DEFAULT_BASE_URL = "https://app.mavera.io/api/v1"
-DEFAULT_DATABASE_URL = "sqlite:///./mavera-gateway.db"
+
+
+def default_database_url() -> str:
+    """The ledger's default: an SQLite file in the per-user data directory, so that which
+    database a command reads never depends on the directory it was run from."""
+    directory = Path(platformdirs.user_data_dir("mavera-gateway", appauthor=False))
+    return f"sqlite:///{directory / 'mavera-gateway.db'}"
+
 
 # The contract's short variable names and where each lands in Settings.
 CONTRACT_ENV: dict[str, tuple[str, ...]] = {
@@ -143,7 +151,7 @@ class ClientSettings(ClientSpec):
 
 
 class LedgerSettings(_Section):
-    database_url: str = DEFAULT_DATABASE_URL
+    database_url: str = Field(default_factory=default_database_url)
     flush_interval_ms: int = Field(200, gt=0)
     batch_size: int = Field(500, gt=0)
     max_buffer: int = Field(100_000, gt=0)
@@ -226,7 +234,7 @@ class Settings(BaseSettings):
     models: dict[str, ModelAlias] = {}
     routes: dict[str, RouteSettings] = {}
     clients: dict[str, ClientSettings] = {}
-    ledger: LedgerSettings = LedgerSettings()
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)  # its default path, when read
     limits: LimitsSettings = LimitsSettings()
     alerts: AlertsSettings = AlertsSettings()
     admin: AdminSettings = AdminSettings()

@@ -11,6 +11,7 @@ GatewayError                      any error answered by the gateway, not the ups
 ├── PersonaOverrideForbidden      403 persona_override_forbidden
 ├── ModelNotFound                 404 model_not_found (strict_models only)
 ├── RouteNotFound                 404 route_not_found: /NAME/v1/... with no such route
+├── ClientNotFound                404 client_not_found: an admin request names no known client
 ├── BudgetExceeded                402 budget_exceeded
 ├── RateLimited                   429 rate_limit_exceeded (+ Retry-After)
 ├── UpstreamAuthFailed            502 upstream_auth_failed: Mavera refused *our* key
@@ -124,6 +125,13 @@ class RouteNotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
     code = "route_not_found"
+    outcome = "client_error"
+
+
+class ClientNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "client_not_found"
     outcome = "client_error"
 
 

@@ -70,6 +70,8 @@ class UsageRecord:
     persona_source: PersonaSource | None = None
     # cost tags, comma-joined in order (a tag never holds a comma); None when untagged
     tags: str | None = None
+    # credits held for a budget and kept as spent because Mavera never said what it charged
+    credits_reserved: float | None = None
     # monotonic start, for latency; not stored
     started: float = field(default_factory=time.perf_counter, repr=False)
 

@@ -109,6 +109,7 @@ def create_app(
             refresher.cancel()
             await asyncio.gather(refresher, return_exceptions=True)
             await gateway.settle(SETTLE_S)
+            await gateway.limits.drain()  # settlements first: they may queue alerts
             if gateway.alerts is not None:
                 await gateway.alerts.aclose(ALERTS_FLUSH_S)
             await gateway.writer.close()
@@ -166,7 +167,7 @@ async def _start(settings: Settings) -> Gateway:
         settings=settings,
         upstream=Upstream(settings.upstream),
         keys=KeyStore(settings.clients),
-        limits=Limits(),
+        limits=Limits(settings.limits),
         writer=writer,
         metrics=metrics,
         ledger=ledger,
@@ -177,10 +178,7 @@ async def _start(settings: Settings) -> Gateway:
         gateway.persona_names.refresh(gateway.upstream)
     metrics.track_queue(writer.depth)
     metrics.track_in_flight(lambda: gateway.in_flight)
-    await gateway.reload_keys()
-    await gateway.seed_budgets()
-    for client in gateway.keys.clients():  # thresholds crossed before a restart stay sent
-        gateway.observe_budget(client.name, seed=True)
+    await gateway.reload_keys()  # seeds the budgets (and the alerts' thresholds) too
     return gateway
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,9 @@ from app.config import Settings
 from app.errors import RouteNotFound
 from app.ledger.protocol import Ledger
 from app.ledger.writer import LedgerWriter
-from app.limits import Limits, period_start
+from app.limits import Limits
+from app.limits.admission import GATEWAY, SpendHook
+from app.limits.spend import seed_budget
 from app.metrics import Metrics
 from app.personas import PersonaNames
 from app.records import UsageRecord
@@ -63,6 +66,18 @@ class Gateway:
     persona_names: PersonaNames
     personas_cache: TtlCache = field(default_factory=TtlCache)
     alerts: Alerts | None = None  # set when [alerts] webhook_url is; settlements observe it
+    # Also called after each settlement, per budget the request counted against, with
+    # (subject: client name or "gateway", spent, budget, period, period start); must not block.
+    on_spend: SpendHook | None = None
+
+    def __post_init__(self) -> None:
+        self.limits.on_spend = self._spent
+
+    def _spent(self, subject: str, spent: float, budget: float, period: str, began: float) -> None:
+        if self.alerts is not None:
+            self.alerts.observe(subject, spent, budget, period, began)
+        if self.on_spend is not None:
+            self.on_spend(subject, spent, budget, period, began)
 
     def route_of(self, request: Request) -> str | None:
         """The configured route a request came in under, if any."""
@@ -84,29 +99,29 @@ class Gateway:
     async def reload_keys(self) -> None:
         """Pick up the keys stored in the ledger now (created or revoked elsewhere)."""
         self.keys.replace_stored(await self.ledger.keys(include_revoked=False))
+        await self.seed_budgets()
 
     async def seed_budgets(self) -> None:
-        """Start each budgeted client's spend from what the ledger holds for this period."""
-        for client in self.keys.clients():
-            spec = client.spec
-            if spec.credit_budget is None:
-                continue
-            began = period_start(spec.budget_period, time.time())
-            spent = await self.ledger.spent_since(client.name, began)
-            self.limits.load_spent(client.name, spec.budget_period, began, spent)
+        """Start each budget not yet counted (each client's, the gateway's) from the ledger.
 
-    def observe_budget(self, name: str, seed: bool = False) -> None:
-        """Tell the alerts a budgeted client's spend this period (seed: at start-up)."""
-        if self.alerts is None:
-            return
-        client = next((c for c in self.keys.clients() if c.name == name), None)
-        if client is None or client.spec.credit_budget is None:
-            return
-        period = client.spec.budget_period
-        spent = self.limits.spent(name, period)
-        began = period_start(period, time.time())
-        mark = self.alerts.seed if seed else self.alerts.observe
-        mark(name, spent, client.spec.credit_budget, period, began)
+        At start, and for clients that appear or change budget period on a reload.
+        """
+        limits = self.settings.limits
+        budgets = [
+            (client.name, client.spec.credit_budget, client.spec.budget_period)
+            for client in self.keys.clients()
+        ]
+        budgets.append((GATEWAY, limits.gateway_credit_budget, limits.gateway_budget_period))
+        for subject, budget, period in budgets:
+            if budget is None:
+                continue
+            who = None if subject == GATEWAY else subject
+            seeded = await seed_budget(
+                self.limits, subject, period, functools.partial(self.ledger.spent_since, who)
+            )
+            if seeded is not None and self.alerts is not None:
+                # thresholds crossed before a restart count as alerted already
+                self.alerts.seed(subject, seeded, budget, period, self.limits.period_of(period)[0])
 
     def reconfigure(self, new: Settings) -> list[str]:
         """Take on a reloaded config; return the sections that only a restart can change.
@@ -141,9 +156,7 @@ class Gateway:
         Returns the future of the record's commit in strict durability, else None.
         """
         self.in_flight -= 1
-        if record.credits_used:
-            self.limits.charge(record.client, record.credits_used)
-            self.observe_budget(record.client)  # [alerts] interim: budgets settlement replaces
+        self.limits.finish(record)
         stored = self.writer.submit(record)
         self.metrics.observe(record)
         if logger.isEnabledFor(logging.INFO):

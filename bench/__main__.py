@@ -64,6 +64,12 @@ def _parser(defaults: harness.Options) -> argparse.ArgumentParser:
     )
     parser.add_argument("--quick", action="store_true", help="shorter runs: a smoke test")
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway under load")
+    parser.add_argument(
+        "--limits",
+        action="store_true",
+        help="load as a keyed client; gateway with budgets, rpm, max_concurrent and gateway_rpm "
+        f"on (too large to refuse), {BASELINE} with none (give --baseline-venv)",
+    )
     for flag, kind, text in _OVERRIDES:
         default = getattr(defaults, flag[2:].replace("-", "_"))
         parser.add_argument(flag, type=kind, help=f"{text} (default: {default})")
@@ -77,6 +83,7 @@ def parse_args(argv: list[str]) -> harness.Options:
         targets=_with_baseline(args.targets) if args.baseline_venv else args.targets,
         scenarios=args.scenarios,
         profile=args.profile,
+        limits=args.limits,
         command=meta.command_line(argv),
     )
     if args.quick:

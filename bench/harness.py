@@ -55,6 +55,9 @@ class Options:
     rounds: int = 1  # wrk runs per target and connection count (the median is reported)
     instances: int = 1  # fresh starts of each target; latency and wrk rounds pooled over them
     profile: bool = False
+    # gateway: a keyed client with budgets, rpm, max_concurrent and gateway_rpm on (none
+    # refuses); BASELINE: the same client keyed, no limits
+    limits: bool = False
     command: str = ""
 
     def again(self) -> Options:
@@ -132,13 +135,16 @@ def _starter(name: str, upstream: Target, workdir: Path, options: Options) -> Ca
     starters: dict[str, Callable[[], Target]] = {
         "direct": lambda: targets.direct(upstream),
         "nginx": lambda: targets.start_nginx(workdir, upstream),
-        "gateway": lambda: targets.start_gateway(workdir, upstream),
+        "gateway": lambda: targets.start_gateway(
+            workdir, upstream, client="limits" if options.limits else None
+        ),
         BASELINE: lambda: targets.start_gateway(
             workdir,
             upstream,
             BASELINE,
             targets.baseline_command(options.baseline_venv),
             durability=options.baseline_durability,
+            client="keyed" if options.limits else None,
         ),
         "litellm": lambda: targets.start_litellm(workdir, upstream, options.litellm_venv),
     }

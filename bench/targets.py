@@ -8,6 +8,7 @@ Each starter launches its process on a free loopback port, times spawn-to-ready,
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -140,23 +141,47 @@ def packages(python: Path) -> set[str]:
     return {f"{name}=={version}" for name, version in pairs if name.lower() not in _TOOLING}
 
 
+# `--limits`: both gateways serve one keyed client; `gateway` also counts every limit there is,
+# each far too large to refuse anything, so the figures show what counting costs.
+BENCH_CLIENT_KEY = "mgw_bench-client-key-not-a-secret-0123456789"
+_LIMITS_ON = """
+[limits]
+gateway_rpm = 1000000
+gateway_credit_budget = 1000000000000
+
+[clients.bench]
+key_sha256 = "{digest}"
+credit_budget = 1000000000000
+budget_period = "month"
+rpm = 1000000
+max_concurrent = 100000
+"""
+_KEYED_ONLY = '\n[clients.bench]\nkey_sha256 = "{digest}"\n'
+
+
 def start_gateway(
     workdir: Path,
     upstream: Target,
     name: str = "gateway",
     command: list[str] | None = None,
     durability: str | None = None,
+    client: str | None = None,
 ) -> Target:
     """`mavera-gateway serve`: one uvicorn worker, SQLite ledger on, request log to a file.
 
     `command` runs another build (`gateway-base`) with the same config, environment and ledger;
-    `durability` sets its `[ledger] durability` (the same build, strict against batched).
+    `durability` sets its `[ledger] durability` (the same build, strict against batched);
+    `client` ("keyed" or "limits") makes the load a keyed client, with every limit on or none.
     """
     target = Target(name, procs.free_port(), "/v1", log=workdir / f"{name}.log")
     config = workdir / f"{name}.toml"
     text = f'[defaults]\npersona_id = "{PERSONA_ID}"\n'
     if durability is not None:
         text += f'\n[ledger]\ndurability = "{durability}"\n'
+    if client is not None:
+        digest = hashlib.sha256(BENCH_CLIENT_KEY.encode()).hexdigest()
+        text += (_LIMITS_ON if client == "limits" else _KEYED_ONLY).format(digest=digest)
+        target.token = BENCH_CLIENT_KEY
     config.write_text(text)
     database = workdir / f"ledger-{time.time_ns()}.db"  # a new ledger per start: worst case
     env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARIABLES}

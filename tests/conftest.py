@@ -81,6 +81,15 @@ def ledger(tmp_path: Path) -> Iterator[SqliteLedger]:
     store.close_sync()
 
 
+@pytest.fixture
+def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The URL of a SQLite ledger file in the test's directory (not created), set as
+    MAVERA_GATEWAY_DATABASE_URL for the CLI."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    monkeypatch.setenv("MAVERA_GATEWAY_DATABASE_URL", url)
+    return url
+
+
 def ledger_rows(database_url: str) -> list[dict[str, Any]]:
     """Every usage record in a SQLite ledger, oldest first, read on a connection of its own."""
     with contextlib.closing(sqlite3.connect(sqlite_path(database_url))) as db:
@@ -95,12 +104,14 @@ PROXY_VARIABLES = ("https_proxy", "http_proxy", "no_proxy", "all_proxy", "ssl_ce
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never see the developer's MAVERA_* settings or proxies."""
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tests never see the developer's MAVERA_* settings or proxies, and never write to the
+    real per-user data directory (the default ledger's home): theirs is in the test's tmp."""
     for name in list(os.environ):
         if name.startswith("MAVERA_") or name.lower() in PROXY_VARIABLES:
             monkeypatch.delenv(name)
     monkeypatch.delenv("REQUEST_METHOD", raising=False)  # urllib ignores HTTP_PROXY under CGI
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
 
 
 class _LogCollector(logging.Handler):

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from app.auth import KeyStore, issue_key, key_digest, new_key
+from app.auth import KeyStore, key_digest, new_key
 from app.clients import LOCAL_CLIENT, Client, ClientSpec, InvalidClientSpec
 from app.config import ClientSettings
 from app.errors import InvalidApiKey
+from app.key_admin import create_key as admin_create_key
 from app.ledger.protocol import KeyExists, StoredKey
 from app.ledger.sqlite import SqliteLedger
 
@@ -23,7 +24,7 @@ KEY_SHAPE = re.compile(r"^mgw_[A-Za-z0-9_-]{32,}$")
 
 
 def create_key(ledger: SqliteLedger, name: str, **spec: Any) -> str:
-    return asyncio.run(issue_key(ledger, name, ClientSpec(**spec)))
+    return asyncio.run(admin_create_key(ledger, name, ClientSpec(**spec), "cli:test"))
 
 
 def list_keys(ledger: SqliteLedger, *, include_revoked: bool = True) -> list[StoredKey]:
@@ -259,11 +260,20 @@ def test_a_stored_row_that_no_longer_validates_is_left_out_loudly(
 ) -> None:
     # A row written by an older version without validation (rpm 0) must not make every
     # request of that client fail: the key is ignored, with one error line naming the client.
+    # Rows as 0002_gateway_keys had them: the columns 0006_audit added are NULL.
     create_key(ledger, "good")
+    old_columns = (
+        "name, key_sha256, persona_id, allow_persona_override, credit_budget, budget_period, "
+        "rpm, created_at, revoked_at"
+    )
     with sqlite3.connect(ledger.path) as db:
-        db.execute(
-            "INSERT INTO gateway_keys VALUES ('carol', ?, NULL, NULL, NULL, 'month', 0, 1.0, NULL)",
-            (key_digest(new_key()),),
-        )
-    assert [k.name for k in list_keys(ledger)] == ["good"]
+        for name, rpm in (("carol", 0), ("dan", 30)):
+            db.execute(
+                f"INSERT INTO gateway_keys ({old_columns}) "
+                "VALUES (?, ?, NULL, NULL, NULL, 'month', ?, 2.0, NULL)",
+                (name, key_digest(new_key()), rpm),
+            )
+    keys = list_keys(ledger)
+    assert [k.name for k in keys] == ["dan", "good"]  # oldest first
+    assert keys[0].spec == ClientSpec(rpm=30), "an old row reads back with today's defaults"
     assert any("carol" in line and "ignored" in line for line in no_key_in_logs.lines)

@@ -1,14 +1,14 @@
-"""The `mavera-gateway` command for keys and usage reports, run in-process against a SQLite file."""
+"""The `mavera-gateway usage` report, run in-process against a SQLite file; `--version`."""
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import re
 import time
 from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytest
 from app.cli import main
 from app.ledger.sqlite import SqliteLedger
 from app.records import UsageRecord
+from tests.cliruns import run
 
 NOW = time.time()
 HOUR = 3600.0
@@ -31,19 +32,6 @@ COLUMNS = [
     "p50_ms",
     "p95_ms",
 ]
-
-
-@pytest.fixture
-def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    monkeypatch.setenv("MAVERA_GATEWAY_DATABASE_URL", url)
-    return url
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def record(ago_s: float, client: str, **fields: Any) -> UsageRecord:
@@ -86,83 +74,6 @@ def filled(database: str, ledger: SqliteLedger) -> str:
     assert ledger.path == database.removeprefix("sqlite:///")
     ledger.write_sync([*RECENT, *OLDER])
     return database
-
-
-# --- keys -------------------------------------------------------------------------------------
-
-
-def test_keys_create_prints_the_key_once_and_list_never_shows_it(
-    database: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, out, err = run(capsys, "keys", "create", "alice", "--persona", "clx_a", "--rpm", "60")
-    assert code == 0, err
-    keys = re.findall(r"mgw_[A-Za-z0-9_\-]+", out)
-    assert len(keys) == 1 and len(keys[0]) >= 4 + 32
-    assert out.count(keys[0]) == 1
-    key = keys[0]
-
-    code, out, err = run(capsys, "keys", "list")
-    assert code == 0, err
-    assert "alice" in out and "clx_a" in out
-    assert key not in out and key[4:] not in out
-    assert hashlib.sha256(key.encode()).hexdigest() not in out
-    assert "mgw_" not in out
-
-    code, _, err = run(capsys, "keys", "create", "alice")
-    assert code == 2
-    assert "alice" in err and "already has an active key" in err
-
-
-def test_keys_list_when_there_are_none(database: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "keys", "list")
-    assert code == 0
-    assert "keys create" in out
-
-
-def test_keys_revoke(database: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "keys", "create", "bob")[0] == 0
-    code, out, _ = run(capsys, "keys", "revoke", "bob")
-    assert code == 0 and "bob" in out
-    code, out, err = run(capsys, "keys", "revoke", "bob")
-    assert code == 1
-    assert "no active key named 'bob'" in err
-
-
-def test_keys_revoke_unknown_name_fails_with_a_message(
-    database: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, out, err = run(capsys, "keys", "revoke", "nobody")
-    assert code == 1
-    assert out == ""
-    assert "no active key named 'nobody'" in err
-
-
-@pytest.mark.parametrize(
-    ("flags", "field"),
-    [
-        (["--rpm", "0"], "rpm"),
-        (["--rpm", "-3"], "rpm"),
-        (["--budget", "-5"], "credit_budget"),
-        (["--persona", ""], "persona_id"),
-    ],
-)
-def test_keys_create_validates_the_settings_and_stores_nothing(
-    database: str, capsys: pytest.CaptureFixture[str], flags: list[str], field: str
-) -> None:
-    code, out, err = run(capsys, "keys", "create", "carol", *flags)
-    assert code == 2
-    assert "created key" not in out and "mgw_" not in out
-    assert field in err and "invalid client settings" in err
-    assert run(capsys, "keys", "list")[1].startswith("no keys yet")
-
-
-def test_keys_create_refuses_an_unusable_name(
-    database: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, _, err = run(capsys, "keys", "create", "carol smith")
-    assert code == 2
-    assert "client name 'carol smith' is not valid" in err
-    assert run(capsys, "keys", "list")[1].startswith("no keys yet")
 
 
 # --- usage ------------------------------------------------------------------------------------
@@ -293,3 +204,33 @@ def test_usage_bad_grouping_is_an_argument_error(
         main(["usage", "--by", "colour"])
     assert exited.value.code == 2
     assert "colour" in capsys.readouterr().err
+
+
+def test_usage_says_which_database_it_read_on_stderr(
+    filled: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "usage", "--format", "json")
+    assert code == 0, err
+    path = Path(filled.removeprefix("sqlite:///")).resolve()
+    assert f"ledger: SQLite file {path}" in err.splitlines()
+    assert "ledger:" not in out
+    json.loads(out)  # stdout is the report alone
+
+
+def test_usage_refuses_a_ledger_file_that_does_not_exist(
+    database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = Path(database.removeprefix("sqlite:///"))
+    code, out, err = run(capsys, "usage")
+    assert code == 1
+    assert out == ""
+    assert f"there is no ledger at SQLite file {path}" in err
+    assert "MAVERA_GATEWAY_DATABASE_URL" in err
+    assert not path.exists(), "a read-only command created an empty database"
+
+
+def test_version_is_the_installed_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"mavera-gateway {version('mavera-gateway')}"

@@ -73,13 +73,15 @@ def write(tmp_path: Path, text: str, name: str = "gateway.toml") -> Path:
 # --- loading --------------------------------------------------------------------------------
 
 
-def test_defaults_without_file_or_env() -> None:
+def test_defaults_without_file_or_env(tmp_path: Path) -> None:
     settings = load_settings()
     assert settings.server.port == 8080
     assert settings.upstream.base_url == "https://app.mavera.io/api/v1"
     assert settings.upstream.api_key is None
     assert settings.defaults.require_persona is True
-    assert settings.ledger.database_url == "sqlite:///./mavera-gateway.db"
+    # the per-user data directory (conftest points XDG_DATA_HOME into the test's tmp)
+    data = tmp_path / "xdg-data" / "mavera-gateway" / "mavera-gateway.db"
+    assert settings.ledger.database_url == f"sqlite:///{data}"
     assert settings.limits.redis_url is None
     assert settings.admin.key is None
     assert (settings.models, settings.routes, settings.clients) == ({}, {}, {})

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from app import reports
+from app.ledger import migrations
 from app.ledger.sqlite import SqliteLedger
 from app.records import COLUMNS, UsageRecord
 from app.reports import parse_time, render
@@ -45,7 +46,14 @@ def query(ledger: SqliteLedger, sql: str) -> list[tuple[Any, ...]]:
         return db.execute(sql).fetchall()
 
 
-MIGRATIONS = ["0001_usage_records", "0002_gateway_keys", "0003_persona_source", "0005_attribution"]
+MIGRATIONS = [
+    "0001_usage_records",
+    "0002_gateway_keys",
+    "0003_persona_source",
+    "0004_reservation",
+    "0005_attribution",
+    "0006_audit",
+]
 
 
 def record(**fields: Any) -> UsageRecord:
@@ -495,6 +503,20 @@ def test_fetch_records_ties_are_stable(ledger: SqliteLedger) -> None:
 # --- the ledger -----------------------------------------------------------------------------
 
 
+def test_spent_since_counts_kept_reservations_and_all_clients(ledger: SqliteLedger) -> None:
+    ledger.write_sync(
+        [
+            record(client="a", received_at=NOW, credits_used=3),
+            record(client="a", received_at=NOW, credits_used=None, credits_reserved=5),
+            record(client="a", received_at=NOW - 10, credits_used=100),
+            record(client="b", received_at=NOW, credits_used=2),
+        ]
+    )
+    assert asyncio.run(ledger.spent_since("a", NOW - 1)) == 8
+    assert asyncio.run(ledger.spent_since(None, NOW - 1)) == 10
+    assert asyncio.run(ledger.spent_since(None, 0)) == 110
+
+
 def test_migrations_are_recorded_in_order(ledger: SqliteLedger) -> None:
     assert asyncio.run(ledger.applied_migrations()) == MIGRATIONS
 
@@ -545,3 +567,21 @@ def test_failed_batch_writes_nothing(ledger: SqliteLedger) -> None:
     assert query(ledger, "SELECT COUNT(*) FROM usage_records") == [(0,)]
     ledger.write_sync([good])  # the connection is usable again
     assert query(ledger, "SELECT COUNT(*) FROM usage_records") == [(1,)]
+
+
+def test_a_migration_missing_from_the_sequence_is_applied_when_it_appears(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Numbers may be reserved for another branch: a database that had 0006 first takes 0004
+    # when a later version adds it, and applies nothing twice.
+    url = "sqlite:///" + str(tmp_path / "l.db")
+    first = SqliteLedger(url)
+    first.open_sync()
+    first.close_sync()
+    later = (*migrations.MIGRATIONS, ("0004_later", ("CREATE TABLE later (x INTEGER)",)))
+    monkeypatch.setattr("app.ledger.sqlite.MIGRATIONS", later)
+    again = SqliteLedger(url)
+    again.open_sync()
+    assert asyncio.run(again.applied_migrations()) == sorted([*MIGRATIONS, "0004_later"])
+    assert query(again, "SELECT COUNT(*) FROM later") == [(0,)]
+    again.close_sync()

@@ -7,6 +7,7 @@ two generation endpoints from the same declarations on its fast path (`fast_path
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -28,8 +29,10 @@ from app.api.schemas import (
     ResponseObject,
     ResponsesRequest,
 )
+from app.clients import Client
 from app.edge import body_timed_out
-from app.errors import BodyTooLarge, InvalidRequest, RequestTimeout
+from app.errors import BodyTooLarge, GatewayError, InvalidRequest, RequestTimeout
+from app.limits.spend import error_headers
 from app.records import new_id
 from app.relay import StreamRelay, unless_disconnected
 from app.routing import apply_target, resolve
@@ -108,6 +111,7 @@ async def proxy_generation(request: Request, endpoint: str) -> Response:
     gateway: Gateway = request.app.state.gateway
     account = gateway.begin(endpoint, request_id_for(request))
     reply_headers = {"x-request-id": account.request_id}
+    client: Client | None = None
     try:
         route = gateway.route_of(request)
         client = gateway.keys.authenticate(request.headers)
@@ -120,7 +124,10 @@ async def proxy_generation(request: Request, endpoint: str) -> Response:
         apply_target(target, body)
         stream = account.record.stream  # read from the body once, by the account
         drop_usage = endpoint == CHAT and stream and ask_for_stream_usage(body)
-        gateway.limits.admit(client)
+        # a wait in the shared queue ends when the client hangs up
+        guard = functools.partial(unless_disconnected, request.receive)
+        admission = await gateway.limits.admit(client, account.record, guard)
+        reply_headers.update(admission.headers)
         content = _serialised(body)
         upstream = gateway.upstream
         if stream:
@@ -150,6 +157,8 @@ async def proxy_generation(request: Request, endpoint: str) -> Response:
         _account_answer(account, reply.status_code, answer)
         response = Response(answer, reply.status_code, reply_headers)
     except BaseException as exc:
+        if client is not None and isinstance(exc, GatewayError):
+            reply_headers.update(await error_headers(gateway.limits, client, exc, reply_headers))
         response = _failure(account, exc, reply_headers)
     await account.durable()
     return response

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.clients import ClientSpec
 
@@ -109,6 +109,12 @@ class NewKey(ClientSpec):
 
     name: str = Field(min_length=1, max_length=64, examples=["alice"])
 
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _json_array(cls, value: Any) -> Any:
+        # JSON has arrays, not tuples, and strict validation takes only a tuple for a tuple
+        return tuple(value) if isinstance(value, list) else value
+
 
 class CreatedKey(BaseModel):
     name: str
@@ -130,6 +136,33 @@ class KeyList(BaseModel):
 class Revoked(BaseModel):
     name: str
     revoked: bool
+
+
+PATCH_DESCRIPTION = (
+    "Any of the client's settings (persona_id, allow_persona_override, credit_budget, "
+    "budget_period, rpm, max_concurrent, weight, tags); fields left out keep their value, "
+    "null clears one (back to its default). Types are checked strictly; the key is unchanged."
+)
+PATCH_EXAMPLE = {"rpm": 120, "credit_budget": None, "tags": ["team-a"]}
+
+
+class AuditChange(BaseModel):
+    before: Any
+    after: Any
+
+
+class AuditRow(BaseModel):
+    id: str
+    at: float
+    actor: str = Field(description="admin-api@<remote address> or cli:<OS user>")
+    action: Literal["key.created", "key.updated", "key.revoked"]
+    client: str
+    changes: dict[str, AuditChange]
+
+
+class AuditLog(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AuditRow]
 
 
 class UsageReport(BaseModel):
@@ -187,12 +220,33 @@ class RecordPage(BaseModel):
     next_offset: int | None
 
 
+class Spend(BaseModel):
+    """A client's budget period now: settled and reserved credits, limits, requests in flight."""
+
+    client: str
+    budget: int | None = Field(description="credits per period; null: no budget")
+    period: str = Field(description="day, week, month or total")
+    timezone: str = Field(description="where calendar periods begin at midnight ([limits])")
+    spent: float = Field(description="credits settled in this period")
+    reserved: float = Field(description="credits held by requests in flight")
+    remaining: float | None = Field(description="budget - spent - reserved; null: no budget")
+    period_start: str | None = Field(description="ISO 8601 with offset; null for total")
+    resets_at: str | None = Field(description="ISO 8601 with offset; null for total")
+    rpm: int | None
+    max_concurrent: int | None
+    in_flight: int = Field(description="the client's requests in flight on this replica")
+
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in (
         (400, "invalid request (body not JSON, persona required, bad parameter)"),
         (401, "no or unknown gateway key"),
     )
+}
+CONFLICT: dict[str, Any] = {
+    "model": ErrorResponse,
+    "description": "the key is declared in the config file: edit it there",
 }
 GENERATION_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from app.ledger.protocol import Ledger
-from app.ledger.sqlite import SqliteLedger
+from app.ledger.sqlite import SqliteLedger, sqlite_path
 
 
 def open_ledger(database_url: str) -> Ledger:
@@ -13,3 +15,12 @@ def open_ledger(database_url: str) -> Ledger:
     raise ValueError(
         f"unsupported ledger database URL {database_url.split(':', 1)[0]!r}: use sqlite:///path"
     )
+
+
+def database_exists(database_url: str) -> bool:
+    """Whether the database a URL names is there already: opening a missing SQLite file would
+    create an empty one, which a command that only reads must not mistake for "no usage"."""
+    if database_url.startswith("sqlite:///"):
+        path = sqlite_path(database_url)
+        return path == ":memory:" or Path(path).is_file()
+    return True

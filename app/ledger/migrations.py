@@ -61,6 +61,10 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("ALTER TABLE usage_records ADD COLUMN persona_source TEXT",),
     ),
     (
+        "0004_reservation",
+        ("ALTER TABLE usage_records ADD COLUMN credits_reserved NUMERIC",),
+    ),
+    (
         "0005_attribution",
         (
             "ALTER TABLE usage_records ADD COLUMN tags TEXT",
@@ -79,6 +83,25 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
                 name TEXT NOT NULL,
                 updated_at DOUBLE PRECISION NOT NULL
             )""",
+        ),
+    ),
+    (
+        "0006_audit",
+        (
+            # the ClientSpec fields that came after 0002, so stored keys keep all their settings
+            "ALTER TABLE gateway_keys ADD COLUMN max_concurrent INTEGER",
+            "ALTER TABLE gateway_keys ADD COLUMN weight INTEGER",
+            "ALTER TABLE gateway_keys ADD COLUMN tags TEXT",  # a JSON array
+            # every admin change to keys: who, when, what; never key material
+            """CREATE TABLE admin_audit (
+                id TEXT PRIMARY KEY,
+                at DOUBLE PRECISION NOT NULL,
+                actor TEXT NOT NULL,
+                action TEXT NOT NULL,
+                client TEXT NOT NULL,
+                changes TEXT NOT NULL
+            )""",
+            "CREATE INDEX admin_audit_at ON admin_audit (at)",
         ),
     ),
 )

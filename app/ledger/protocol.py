@@ -6,7 +6,8 @@ writes SQL or knows which backend it talks to. Storage imports only the domain t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from app.clients import ClientSpec
@@ -62,6 +63,37 @@ class UsageRow:
     latency_ms: float | None
 
 
+# What an audit row records; the changes of a key.updated row are only the fields that changed.
+AuditAction = Literal["key.created", "key.updated", "key.revoked"]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One admin change: who made it, when, to which client, what changed.
+
+    Never key material: `changes` maps a ClientSpec field to {"before": ..., "after": ...}
+    (JSON values; `before` is null for a created key) and is {} for a revocation.
+    """
+
+    at: float
+    actor: str  # "admin-api@<remote address>" or "cli:<OS user>"
+    action: AuditAction
+    client: str
+    changes: dict[str, dict[str, Any]]
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def public(self) -> dict[str, Any]:
+        """What `GET /admin/audit` and `mavera-gateway audit` show: the whole entry."""
+        return {
+            "id": self.id,
+            "at": self.at,
+            "actor": self.actor,
+            "action": self.action,
+            "client": self.client,
+            "changes": self.changes,
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class PeriodTotals:
     """All clients' records received in a period, for reconciling with Mavera's bill.
@@ -100,8 +132,12 @@ class Ledger(Protocol):
         `record_tags(record_id, tag)`, which `usage_rows(by="tag")` joins.
         """
 
-    async def spent_since(self, client: str, since: float) -> float:
-        """Credits the client's requests received since `since` have cost, as far as known."""
+    async def spent_since(self, client: str | None, since: float) -> float:
+        """Credits the client's (None: all clients') requests received since `since` have cost.
+
+        Each record counts `credits_used`, or when that is unknown the `credits_reserved` that
+        its budget reservation kept (SUM(COALESCE(credits_used, credits_reserved))).
+        """
 
     async def usage_rows(
         self, since: float, until: float, by: ReportGroup, client: str | None = None
@@ -132,11 +168,26 @@ class Ledger(Protocol):
     async def applied_migrations(self) -> list[str]:
         """Names of the schema migrations this database has had, in order."""
 
-    async def add_key(self, key: StoredKey) -> None:
-        """Store a new key; KeyExists if the client already has an active one."""
+    async def add_key(self, key: StoredKey, audit: AuditEntry | None = None) -> None:
+        """Store a new key, and `audit` in the same transaction; KeyExists (and nothing stored)
+        if the client already has an active one."""
 
     async def keys(self, *, include_revoked: bool = True) -> list[StoredKey]:
         """Stored keys, oldest first (rows whose settings no longer validate are left out)."""
 
-    async def revoke_key(self, name: str, at: float) -> bool:
-        """Revoke the client's active key; False if it had none."""
+    async def update_key(
+        self, name: str, spec: ClientSpec, audit: AuditEntry | None = None
+    ) -> StoredKey | None:
+        """Replace the settings of the client's active key (digest and times unchanged), and
+        store `audit` in the same transaction; the key as now stored, or None (and nothing
+        stored) if the client has no active key."""
+
+    async def revoke_key(self, name: str, at: float, audit: AuditEntry | None = None) -> bool:
+        """Revoke the client's active key, and store `audit` in the same transaction; False
+        (and nothing stored) if it had none."""
+
+    async def add_audit(self, entry: AuditEntry) -> None:
+        """Store one audit entry on its own."""
+
+    async def audit(self, since: float, limit: int) -> list[AuditEntry]:
+        """Audit entries with `at >= since`, newest first, at most `limit` of them."""

@@ -11,16 +11,17 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from app.clients import InvalidClientSpec, parse_client_spec
+from app.clients import ClientSpec
+from app.ledger import sqlite_keys
 from app.ledger.attribution import TAGGED_RECORDS, SqliteAttribution, write_tags
 from app.ledger.migrations import MIGRATIONS
-from app.ledger.protocol import KeyExists, ReportGroup, StoredKey, UsageRow
+from app.ledger.protocol import AuditEntry, ReportGroup, StoredKey, UsageRow
 from app.records import COLUMNS, UsageRecord
 
 logger = logging.getLogger("mavera_gateway.ledger")
@@ -49,10 +50,6 @@ _GROUP_EXPRESSIONS: dict[ReportGroup, str] = {
     "tag": "record_tags.tag",
     "end_user": "end_user",
 }
-_KEY_COLUMNS = (
-    "name, key_sha256, persona_id, allow_persona_override, credit_budget, budget_period, rpm, "
-    "created_at, revoked_at"
-)
 
 
 def sqlite_path(url: str) -> str:
@@ -164,14 +161,17 @@ class SqliteLedger(SqliteAttribution):
             db.execute(_INSERT, (rows,))
             write_tags(db, records)
 
-    async def spent_since(self, client: str, since: float) -> float:
-        """Known credits of the client's requests received since `since`."""
-        rows = await asyncio.to_thread(
-            self._read,
-            "SELECT COALESCE(SUM(credits_used), 0) FROM usage_records "
-            "WHERE client = ? AND received_at >= ?",
-            (client, since),
-        )
+    async def spent_since(self, client: str | None, since: float) -> float:
+        """Credits of the client's (None: every client's) requests received since `since`.
+
+        A request whose cost Mavera never reported counts the reservation it kept.
+        """
+        spent = "COALESCE(SUM(COALESCE(credits_used, credits_reserved)), 0)"
+        params: tuple[Any, ...] = (since,)
+        sql = f"SELECT {spent} FROM usage_records WHERE received_at >= ?"
+        if client is not None:
+            sql, params = sql + " AND client = ?", (since, client)
+        rows = await asyncio.to_thread(self._read, sql, params)
         return float(rows[0][0])
 
     async def usage_rows(
@@ -205,57 +205,59 @@ class SqliteLedger(SqliteAttribution):
             record["stream"] = bool(record["stream"])
         return records
 
-    # --- gateway keys -----------------------------------------------------------------------
+    # --- gateway keys and their audit ------------------------------------------------------
 
-    async def add_key(self, key: StoredKey) -> None:
-        """Store a new key (replacing a revoked key of the same name)."""
-        await asyncio.to_thread(self._add_key, key)
-
-    def _add_key(self, key: StoredKey) -> None:
-        spec = key.spec
-        with self._transaction() as db:
-            active = db.execute(
-                "SELECT 1 FROM gateway_keys WHERE name = ? AND revoked_at IS NULL", (key.name,)
-            ).fetchone()
-            if active:
-                raise KeyExists(f"client {key.name!r} already has an active key; revoke it first")
-            db.execute(
-                "DELETE FROM gateway_keys WHERE name = ? AND revoked_at IS NOT NULL", (key.name,)
-            )
-            db.execute(
-                f"INSERT INTO gateway_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    key.name,
-                    key.key_sha256,
-                    spec.persona_id,
-                    spec.allow_persona_override,
-                    spec.credit_budget,
-                    spec.budget_period,
-                    spec.rpm,
-                    key.created_at,
-                    key.revoked_at,
-                ),
-            )
+    async def add_key(self, key: StoredKey, audit: AuditEntry | None = None) -> None:
+        """Store a new key (replacing a revoked key of the same name), with its audit entry."""
+        await asyncio.to_thread(self._in_transaction, sqlite_keys.insert_key, audit, key)
 
     async def keys(self, *, include_revoked: bool = True) -> list[StoredKey]:
         """Stored keys, oldest first."""
-        sql = f"SELECT {_KEY_COLUMNS} FROM gateway_keys"
+        sql = f"SELECT {sqlite_keys.KEY_COLUMNS} FROM gateway_keys"
         if not include_revoked:
             sql += " WHERE revoked_at IS NULL"
         rows = await asyncio.to_thread(self._read, sql + " ORDER BY created_at")
-        return [key for key in map(_stored_key, rows) if key is not None]
+        return [key for key in map(sqlite_keys.stored_key, rows) if key is not None]
 
-    async def revoke_key(self, name: str, at: float) -> bool:
-        """Revoke the client's active key; False if it had none."""
-        return await asyncio.to_thread(self._revoke_key, name, at)
+    async def update_key(
+        self, name: str, spec: ClientSpec, audit: AuditEntry | None = None
+    ) -> StoredKey | None:
+        """Replace the settings of the client's active key, with the audit entry; None if none."""
+        stored: StoredKey | None = await asyncio.to_thread(
+            self._in_transaction, sqlite_keys.update_key, audit, name, spec
+        )
+        return stored
 
-    def _revoke_key(self, name: str, at: float) -> bool:
+    async def revoke_key(self, name: str, at: float, audit: AuditEntry | None = None) -> bool:
+        """Revoke the client's active key, with the audit entry; False if it had none."""
+        revoked: bool = await asyncio.to_thread(
+            self._in_transaction, sqlite_keys.revoke_key, audit, name, at
+        )
+        return revoked
+
+    def _in_transaction(
+        self, change: Callable[..., Any], audit: AuditEntry | None, *args: Any
+    ) -> Any:
+        """`change(db, *args)` and, if it changed something (a truthy result), the audit entry,
+        as one commit."""
         with self._transaction() as db:
-            changed = db.execute(
-                "UPDATE gateway_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
-                (at, name),
-            ).rowcount
-        return bool(changed > 0)
+            result = change(db, *args)
+            if audit is not None and result:
+                sqlite_keys.insert_audit(db, audit)
+        return result
+
+    async def add_audit(self, entry: AuditEntry) -> None:
+        """Store one audit entry on its own."""
+        await asyncio.to_thread(self._add_audit, entry)
+
+    def _add_audit(self, entry: AuditEntry) -> None:
+        with self._transaction() as db:
+            sqlite_keys.insert_audit(db, entry)
+
+    async def audit(self, since: float, limit: int) -> list[AuditEntry]:
+        """Audit entries since `since`, newest first."""
+        rows = await asyncio.to_thread(self._read, sqlite_keys.AUDIT_QUERY, (since, limit))
+        return [sqlite_keys.audit_entry(row) for row in rows]
 
 
 def _enable_wal(connection: sqlite3.Connection) -> None:
@@ -273,23 +275,6 @@ def _enable_wal(connection: sqlite3.Connection) -> None:
             if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
-
-
-def _stored_key(row: tuple[Any, ...]) -> StoredKey | None:
-    name, digest, persona, override, budget, period, rpm, created, revoked = row
-    settings = {
-        "persona_id": persona,
-        "allow_persona_override": None if override is None else bool(override),
-        "credit_budget": budget,
-        "budget_period": period,
-        "rpm": rpm,
-    }
-    try:
-        spec = parse_client_spec(settings)
-    except InvalidClientSpec as exc:
-        logger.error("the stored key of client %r is ignored: %s", name, exc)
-        return None
-    return StoredKey(name, digest, spec, created, revoked)
 
 
 class _Transaction:

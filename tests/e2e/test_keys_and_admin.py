@@ -1,10 +1,10 @@
 """Client identity and the admin API on a running gateway: keys created and revoked through the
-admin API and the CLI take effect without a restart, admin auth, usage reports and paging, local
-mode, and the refusal to serve an open gateway on a non-loopback address."""
+CLI take effect without a restart, admin auth, usage reports and paging, local mode, and the
+refusal to serve an open gateway on a non-loopback address. (Keys through the admin API:
+test_admin_keys.py; the audit: test_admin_audit.py.)"""
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import time
@@ -25,30 +25,11 @@ from tests.conftest import (
     RunningGateway,
     free_port,
 )
+from tests.e2e.adminapi import ADMIN, ADMIN_KEY, HI, admin, chat, create, error, rejected
 from tests.processes import GatewayProcess, gateway_env
 
-ADMIN_KEY = "admin-key-for-tests-0123456789"
-ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 ROOT = Path(__file__).resolve().parents[2]
-HI = [{"role": "user", "content": "hi"}]
 PICKUP_S = KEY_REFRESH_S + 3  # a refresh interval plus slack
-
-
-def _admin(gateway: RunningGateway, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    headers = {**ADMIN, **kwargs.pop("headers", {})}
-    return httpx.request(method, gateway.url + path, headers=headers, timeout=10, **kwargs)
-
-
-def _create(gateway: RunningGateway, name: str, **spec: Any) -> str:
-    response = _admin(gateway, "POST", "/admin/keys", json={"name": name, **spec})
-    assert response.status_code == 201, response.text
-    key = response.json()["key"]
-    assert isinstance(key, str)
-    return key
-
-
-def _chat(gateway: RunningGateway, key: str, **extra: Any) -> Any:
-    return gateway.client(key).chat.completions.create(model="mavera-1", messages=HI, **extra)
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -71,72 +52,6 @@ def _eventually(check: Callable[[], bool], timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def _rejected(gateway: RunningGateway, key: str) -> bool:
-    try:
-        _chat(gateway, key)
-    except openai.AuthenticationError as exc:
-        assert exc.code == "invalid_api_key"
-        return True
-    return False
-
-
-def _error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["code"] == code
-    assert error["message"]
-    return dict(error)
-
-
-# --- keys through the admin API ---------------------------------------------------------------
-
-
-def test_admin_created_key_works_is_never_listed_and_revocation_is_immediate(
-    make_gateway: GatewayFactory,
-) -> None:
-    gateway = make_gateway(admin={"key": ADMIN_KEY})
-    response = _admin(
-        gateway, "POST", "/admin/keys", json={"name": "alice", "persona_id": PERSONAS[1]}
-    )
-    assert response.status_code == 201, response.text
-    created = response.json()
-    key = created["key"]
-    assert created["name"] == "alice"
-    assert key.startswith("mgw_") and len(key) >= 4 + 32
-
-    reply = _chat(gateway, key)
-    assert reply.choices[0].message.content
-    assert gateway.sim.records[-1].persona_id == PERSONAS[1]
-    assert gateway.records()[-1]["client"] == "alice"
-
-    listing = _admin(gateway, "GET", "/admin/keys")
-    assert listing.status_code == 200
-    assert [row["name"] for row in listing.json()["data"]] == ["alice"]
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    assert key not in listing.text and key[4:] not in listing.text
-    assert digest not in listing.text
-    assert all("key" not in field for row in listing.json()["data"] for field in row)
-
-    revoked = _admin(gateway, "DELETE", "/admin/keys/alice")
-    assert revoked.status_code == 200, revoked.text
-    assert revoked.json() == {"name": "alice", "revoked": True}
-    # the very next request, not eventually: the admin API reloads the keys itself
-    assert _rejected(gateway, key), "a revoked key was still accepted"
-    assert gateway.records()[-1]["outcome"] == "rejected"
-    assert _admin(gateway, "DELETE", "/admin/keys/alice").status_code == 400
-    listing = _admin(gateway, "GET", "/admin/keys").json()["data"]
-    assert listing[0]["revoked_at"] is not None
-
-
-def test_a_key_is_shown_only_once(make_gateway: GatewayFactory) -> None:
-    gateway = make_gateway(admin={"key": ADMIN_KEY})
-    _create(gateway, "dup")
-    again = _admin(gateway, "POST", "/admin/keys", json={"name": "dup"})
-    _error(again, 400, "invalid_request_error")
-    assert "mgw_" not in again.text
-
-
 # --- keys through the CLI, picked up by a running gateway -------------------------------------
 
 
@@ -144,22 +59,22 @@ def test_cli_revocation_reaches_a_running_gateway(
     make_gateway: GatewayFactory, tmp_path: Path
 ) -> None:
     gateway = make_gateway(admin={"key": ADMIN_KEY})
-    bob = _create(gateway, "bob")
-    carol = _create(gateway, "carol")
-    assert _chat(gateway, bob).choices
+    bob = create(gateway, "bob")
+    carol = create(gateway, "carol")
+    assert chat(gateway, bob).choices
 
     done = _cli(tmp_path, "keys", "revoke", "bob")
     assert done.returncode == 0, done.stderr
     assert "bob" in done.stdout
-    _eventually(lambda: _rejected(gateway, bob), PICKUP_S, "bob's revoked key still worked")
-    assert _chat(gateway, carol).choices, "revoking bob must not affect carol"
+    _eventually(lambda: rejected(gateway, bob), PICKUP_S, "bob's revoked key still worked")
+    assert chat(gateway, carol).choices, "revoking bob must not affect carol"
 
 
 def test_cli_created_key_is_picked_up_with_its_persona(
     make_gateway: GatewayFactory, tmp_path: Path
 ) -> None:
     gateway = make_gateway(admin={"key": ADMIN_KEY})
-    _create(gateway, "existing")  # the gateway requires keys from now on
+    create(gateway, "existing")  # the gateway requires keys from now on
     persona = PERSONAS[2]
     done = _cli(
         tmp_path, "keys", "create", "dave", "--persona", persona, "--budget", "500", "--rpm", "100"
@@ -167,14 +82,31 @@ def test_cli_created_key_is_picked_up_with_its_persona(
     assert done.returncode == 0, done.stderr
     [key] = [word for word in done.stdout.split() if word.startswith("mgw_")]
 
-    _eventually(lambda: not _rejected(gateway, key), PICKUP_S, "the new key was not picked up")
+    _eventually(lambda: not rejected(gateway, key), PICKUP_S, "the new key was not picked up")
     assert gateway.sim.records[-1].persona_id == persona
     row = gateway.records()[-1]
     assert (row["client"], row["persona_id"], row["outcome"]) == ("dave", persona, "ok")
     [listed] = [
-        r for r in _admin(gateway, "GET", "/admin/keys").json()["data"] if r["name"] == "dave"
+        r for r in admin(gateway, "GET", "/admin/keys").json()["data"] if r["name"] == "dave"
     ]
     assert (listed["credit_budget"], listed["rpm"], listed["persona_id"]) == (500, 100, persona)
+
+
+def test_cli_update_reaches_a_running_gateway(make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    gateway = make_gateway(admin={"key": ADMIN_KEY})
+    key = create(gateway, "ivy", persona_id=PERSONAS[1])
+    chat(gateway, key)
+    assert gateway.sim.records[-1].persona_id == PERSONAS[1]
+
+    done = _cli(tmp_path, "keys", "update", "ivy", "--persona", PERSONAS[2])
+    assert done.returncode == 0, done.stderr
+    assert f'persona_id "{PERSONAS[1]}" -> "{PERSONAS[2]}"' in done.stdout
+
+    def moved() -> bool:
+        chat(gateway, key)
+        return bool(gateway.sim.records[-1].persona_id == PERSONAS[2])
+
+    _eventually(moved, PICKUP_S, "the new persona was not picked up")
 
 
 # --- admin authentication ---------------------------------------------------------------------
@@ -183,8 +115,8 @@ def test_cli_created_key_is_picked_up_with_its_persona(
 def test_admin_api_is_off_without_an_admin_key(gateway: RunningGateway) -> None:
     for path in ("/admin/usage", "/admin/usage/records", "/admin/keys"):
         response = httpx.get(gateway.url + path, headers=ADMIN, timeout=10)
-        error = _error(response, 404, "admin_disabled")
-        assert "MAVERA_GATEWAY_ADMIN_KEY" in error["message"]
+        problem = error(response, 404, "admin_disabled")
+        assert "MAVERA_GATEWAY_ADMIN_KEY" in problem["message"]
 
 
 @pytest.mark.parametrize(
@@ -202,22 +134,25 @@ def test_admin_api_rejects_a_wrong_admin_key(
         ("GET", "/admin/keys"),
         ("POST", "/admin/keys"),
         ("DELETE", "/admin/keys/someone"),
+        ("PATCH", "/admin/keys/someone"),
+        ("GET", "/admin/audit"),
     ):
         response = httpx.request(
             method, gateway.url + path, headers=headers, json={"name": "x"}, timeout=10
         )
-        _error(response, 401, "invalid_api_key")
+        error(response, 401, "invalid_api_key")
         assert ADMIN_KEY not in response.text
-    assert _admin(gateway, "GET", "/admin/keys").json()["data"] == [], "a key was created"
+    assert admin(gateway, "GET", "/admin/keys").json()["data"] == [], "a key was created"
+    assert admin(gateway, "GET", "/admin/audit").json()["data"] == [], "a change was made"
 
 
 def test_a_gateway_key_is_not_an_admin_key(make_gateway: GatewayFactory) -> None:
     gateway = make_gateway(admin={"key": ADMIN_KEY})
-    key = _create(gateway, "erin")
+    key = create(gateway, "erin")
     response = httpx.get(
         gateway.url + "/admin/keys", headers={"authorization": f"Bearer {key}"}, timeout=10
     )
-    _error(response, 401, "invalid_api_key")
+    error(response, 401, "invalid_api_key")
 
 
 # --- usage reports ----------------------------------------------------------------------------
@@ -225,15 +160,15 @@ def test_a_gateway_key_is_not_an_admin_key(make_gateway: GatewayFactory) -> None
 
 def _traffic(gateway: RunningGateway) -> dict[str, str]:
     """A few requests from two clients, including an upstream error; their keys by name."""
-    keys = {"frank": _create(gateway, "frank"), "grace": _create(gateway, "grace")}
+    keys = {"frank": create(gateway, "frank"), "grace": create(gateway, "grace")}
     for _ in range(3):
-        _chat(gateway, keys["frank"])
-    list(_chat(gateway, keys["frank"], stream=True))
+        chat(gateway, keys["frank"])
+    list(chat(gateway, keys["frank"], stream=True))
     gateway.client(keys["grace"]).responses.create(model="mavera-1", input="hello")
     with pytest.raises(openai.InternalServerError):
-        _chat(gateway, keys["grace"], extra_body={"mavera_sim": {"status": 500}})
+        chat(gateway, keys["grace"], extra_body={"mavera_sim": {"status": 500}})
     with pytest.raises(openai.AuthenticationError):
-        _chat(gateway, "mgw_not_a_key_of_this_gateway_at_all_000000")
+        chat(gateway, "mgw_not_a_key_of_this_gateway_at_all_000000")
     return keys
 
 
@@ -242,7 +177,7 @@ def test_admin_usage_totals_match_the_ledger(make_gateway: GatewayFactory) -> No
     _traffic(gateway)
     rows = gateway.records()
 
-    response = _admin(gateway, "GET", "/admin/usage", params={"since": "1h", "by": "client"})
+    response = admin(gateway, "GET", "/admin/usage", params={"since": "1h", "by": "client"})
     assert response.status_code == 200, response.text
     report = response.json()
     assert report["object"] == "list" and report["by"] == "client"
@@ -258,9 +193,9 @@ def test_admin_usage_totals_match_the_ledger(make_gateway: GatewayFactory) -> No
     charged = sum(r.credits_charged for r in gateway.sim.records)
     assert sum(entry["credits"] for entry in totals.values()) == charged > 0
 
-    by_endpoint = _admin(gateway, "GET", "/admin/usage", params={"since": "1h", "by": "endpoint"})
+    by_endpoint = admin(gateway, "GET", "/admin/usage", params={"since": "1h", "by": "endpoint"})
     assert {e["endpoint"] for e in by_endpoint.json()["data"]} == {"chat.completions", "responses"}
-    future = _admin(gateway, "GET", "/admin/usage", params={"since": "2999-01-01"})
+    future = admin(gateway, "GET", "/admin/usage", params={"since": "2999-01-01"})
     assert future.json()["data"] == []
 
 
@@ -277,9 +212,9 @@ def test_admin_usage_bad_query_is_a_400_in_openai_shape(
 ) -> None:
     gateway = make_gateway(admin={"key": ADMIN_KEY})
     for path in ("/admin/usage", "/admin/usage/records") if param == "since" else ("/admin/usage",):
-        error = _error(_admin(gateway, "GET", path, params=params), 400, "invalid_request_error")
-        assert error["param"] == param
-        assert error["type"] == "invalid_request_error"
+        problem = error(admin(gateway, "GET", path, params=params), 400, "invalid_request_error")
+        assert problem["param"] == param
+        assert problem["type"] == "invalid_request_error"
 
 
 def test_admin_usage_records_pages_and_filters(make_gateway: GatewayFactory) -> None:
@@ -291,7 +226,7 @@ def test_admin_usage_records_pages_and_filters(make_gateway: GatewayFactory) -> 
     pages: list[dict[str, Any]] = []
     offset: int | None = 0
     while offset is not None:
-        response = _admin(
+        response = admin(
             gateway, "GET", "/admin/usage/records", params={"limit": 3, "offset": offset}
         )
         assert response.status_code == 200, response.text
@@ -305,23 +240,23 @@ def test_admin_usage_records_pages_and_filters(make_gateway: GatewayFactory) -> 
     received = [r["received_at"] for r in pages]
     assert received == sorted(received, reverse=True)
 
-    last = _admin(gateway, "GET", "/admin/usage/records", params={"limit": 3, "offset": 6}).json()
+    last = admin(gateway, "GET", "/admin/usage/records", params={"limit": 3, "offset": 6}).json()
     assert (len(last["data"]), last["has_more"], last["next_offset"]) == (1, False, None)
-    exact = _admin(gateway, "GET", "/admin/usage/records", params={"limit": 7}).json()
+    exact = admin(gateway, "GET", "/admin/usage/records", params={"limit": 7}).json()
     assert (len(exact["data"]), exact["has_more"]) == (7, False)
 
-    grace = _admin(gateway, "GET", "/admin/usage/records", params={"client": "grace"}).json()
+    grace = admin(gateway, "GET", "/admin/usage/records", params={"client": "grace"}).json()
     assert {r["client"] for r in grace["data"]} == {"grace"}
     assert len(grace["data"]) == 2
     assert sorted(r["outcome"] for r in grace["data"]) == ["ok", "upstream_error"]
     for record in grace["data"]:
         assert isinstance(record["stream"], bool)
-    nobody = _admin(gateway, "GET", "/admin/usage/records", params={"client": "nobody"}).json()
+    nobody = admin(gateway, "GET", "/admin/usage/records", params={"client": "nobody"}).json()
     assert nobody == {"object": "list", "data": [], "has_more": False, "next_offset": None}
 
     for bad in ({"limit": "-1"}, {"limit": "many"}, {"limit": "1001"}, {"offset": "x"}):
-        _error(
-            _admin(gateway, "GET", "/admin/usage/records", params=bad), 400, "invalid_request_error"
+        error(
+            admin(gateway, "GET", "/admin/usage/records", params=bad), 400, "invalid_request_error"
         )
 
 
@@ -329,9 +264,9 @@ def test_admin_usage_records_pages_and_filters(make_gateway: GatewayFactory) -> 
 
 
 def test_local_mode_records_the_openai_user_as_end_user(gateway: RunningGateway) -> None:
-    _chat(gateway, "anything-goes-locally", user="dev-42")
+    chat(gateway, "anything-goes-locally", user="dev-42")
     gateway.client().responses.create(model="mavera-1", input="hi", user="dev-43")
-    _chat(gateway, "no-user")
+    chat(gateway, "no-user")
     rows = gateway.records()
     assert [(r["client"], r["end_user"]) for r in rows] == [
         ("local", "dev-42"),
@@ -391,45 +326,6 @@ def test_a_public_address_is_served_once_a_key_exists(tmp_path: Path) -> None:
             json={"model": "mavera-1", "messages": HI},
             timeout=10,
         )
-        _error(response, 401, "invalid_api_key")
+        error(response, 401, "invalid_api_key")
     finally:
         process.stop()
-
-
-@pytest.mark.parametrize(
-    ("spec", "param"),
-    [
-        ({"name": "carol", "rpm": "lots"}, "rpm"),
-        ({"name": "carol", "rpm": 0}, "rpm"),
-        ({"name": "carol", "rpm": "5"}, "rpm"),
-        ({"name": "carol", "credit_budget": -5}, "credit_budget"),
-        ({"name": "carol", "credit_budget": 2.5}, "credit_budget"),
-        ({"name": "carol", "allow_persona_override": "no"}, "allow_persona_override"),
-        ({"name": "carol", "budget_period": "fortnight"}, "budget_period"),
-        ({"name": "carol", "persona_id": ""}, "persona_id"),
-        ({"name": "carol", "colour": "blue"}, "colour"),
-        ({"name": ""}, "name"),
-        ({"name": "carol smith"}, "name"),
-        ({"rpm": 5}, "name"),
-    ],
-)
-def test_admin_key_settings_are_validated_and_nothing_is_stored(
-    make_gateway: GatewayFactory, spec: dict[str, Any], param: str
-) -> None:
-    gateway = make_gateway(admin={"key": ADMIN_KEY})
-    error = _error(_admin(gateway, "POST", "/admin/keys", json=spec), 400, "invalid_request_error")
-    assert error["param"] == param, error
-    assert param in error["message"]
-    assert _admin(gateway, "GET", "/admin/keys").json()["data"] == [], "nothing is stored"
-
-
-@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b""])
-def test_admin_key_body_that_is_not_an_object_is_a_400(
-    make_gateway: GatewayFactory, body: bytes
-) -> None:
-    gateway = make_gateway(admin={"key": ADMIN_KEY})
-    response = _admin(
-        gateway, "POST", "/admin/keys", content=body, headers={"content-type": "application/json"}
-    )
-    _error(response, 400, "invalid_request_error")
-    assert _admin(gateway, "GET", "/admin/keys").json()["data"] == []

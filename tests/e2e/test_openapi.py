@@ -33,6 +33,9 @@ EXPECTED = {
     ("get", "/admin/keys"),
     ("post", "/admin/keys"),
     ("delete", "/admin/keys/{name}"),
+    ("get", "/admin/clients/{name}/spend"),
+    ("patch", "/admin/keys/{name}"),
+    ("get", "/admin/audit"),
     ("get", "/dashboard"),
 }
 

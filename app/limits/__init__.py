@@ -1,0 +1,15 @@
+"""Budgets and rate limits behind one counter interface (in-process now; Redis later).
+
+- `counters`: the Counters protocol (atomic reserve/settle, sliding windows, slots) and
+  MemoryCounters, its in-process implementation.
+- `periods`: calendar budget periods in the configured time zone.
+- `admission`: Limits, which admits or refuses each request and settles what it held.
+- `queue`: FairQueue, the gateway-wide rate shared by weighted round robin across clients.
+- `spend`: the spend report, ledger seeding and rate-limit headers without counting.
+"""
+
+from app.limits.admission import Admission, Limits
+from app.limits.counters import Counters, MemoryCounters
+from app.limits.periods import period_end, period_start
+
+__all__ = ["Admission", "Counters", "Limits", "MemoryCounters", "period_end", "period_start"]
