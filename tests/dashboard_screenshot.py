@@ -21,17 +21,17 @@ from app.ledger.sqlite import SqliteLedger
 from app.records import UsageRecord
 from app.server import create_app
 from app.simulator import Simulator
-from tests.conftest import PERSONAS, UPSTREAM_KEY, gateway_settings
-from tests.e2e.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.conftest import PERSONAS, UPSTREAM_KEY, RunningGateway, gateway_settings
+from tests.e2e.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, held_open
 
 ADMIN_KEY = "screenshot-admin-key"
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
-# client: (requests a day, credits a request, its personas, budget per month)
-TEAM = {
-    "research": (14, 3.0, PERSONAS[0:2], 2000),
-    "marketing": (9, 2.0, PERSONAS[2:4], 600),
-    "ci-bot": (20, 0.5, PERSONAS[4:5], None),
-    "eval-suite": (5, 4.0, PERSONAS[1:4], 400),
+# client: (requests a day, credits a request, its personas, its budget settings)
+TEAM: dict[str, tuple[int, float, list[str], dict[str, object]]] = {
+    "research": (14, 3.0, PERSONAS[0:2], {"credit_budget": 2000, "budget_period": "month"}),
+    "marketing": (9, 2.0, PERSONAS[2:4], {"credit_budget": 150, "budget_period": "week"}),
+    "ci-bot": (20, 0.5, PERSONAS[4:5], {}),
+    "eval-suite": (5, 4.0, PERSONAS[1:4], {"credit_budget": 400, "budget_period": "total"}),
 }
 
 
@@ -94,14 +94,18 @@ def main(target: str) -> None:
             upstream={"persona_names_at_start": True},
         )
         with BackgroundServer(create_app(settings), edge=settings.server) as gateway:
+            keys = {}
             for client, (*_, budget) in TEAM.items():
-                httpx.post(
+                created = httpx.post(
                     gateway.url + "/admin/keys",
                     headers=ADMIN,
-                    json={"name": client, "credit_budget": budget},
-                ).raise_for_status()
+                    json={"name": client, **budget},
+                )
+                keys[client] = created.raise_for_status().json()["key"]
             wait_for_persona_names(gateway.url)
-            shoot(gateway.url, target)
+            running = RunningGateway(gateway.url, settings, mavera, gateway)
+            with held_open(running, keys["marketing"]):  # its reservation shows in the bar
+                shoot(gateway.url, target)
     print(f"{target}: {Path(target).stat().st_size} bytes")
 
 

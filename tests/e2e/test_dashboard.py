@@ -56,7 +56,7 @@ def test_the_admin_data_the_page_reads_needs_the_key(make_gateway: GatewayFactor
     script = httpx.get(gateway.url + "/dashboard/app.js").text
     paths = sorted(set(re.findall(r'(?:get|attempt)\([`"](/admin/[a-z/]+)', script)))
     assert paths == ["/admin/clients/", "/admin/keys", "/admin/reconcile", "/admin/usage"]
-    for path in ["/admin/keys", "/admin/usage", "/admin/reconcile"]:
+    for path in ["/admin/keys", "/admin/usage", "/admin/reconcile", "/admin/clients/local/spend"]:
         assert httpx.get(gateway.url + path).status_code == 401
         wrong = httpx.get(gateway.url + path, headers={"authorization": "Bearer wrong"})
         assert wrong.status_code == 401

@@ -3,6 +3,7 @@ gateway whose ledger was seeded with known records."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -11,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from app.ledger.sqlite import SqliteLedger
 from app.records import UsageRecord
 from app.simulator import PERSONAS as SIM_PERSONAS
+from tests import rawhttp
 from tests.conftest import PERSONAS, GatewayFactory, RunningGateway, free_port
 
 CHROMIUM = "/usr/bin/chromium"
@@ -97,8 +100,8 @@ def page(browser: Browser) -> Iterator[Page]:
 
 def seeded_gateway(
     make_gateway: GatewayFactory, tmp_path: Path, **overrides: object
-) -> RunningGateway:
-    """A gateway whose ledger holds SEEDED, with a budget for alice."""
+) -> tuple[RunningGateway, str]:
+    """A gateway whose ledger holds SEEDED, with a budget for alice; and alice's key."""
     store = SqliteLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
     store.open_sync()
     store.write_sync(SEEDED)
@@ -109,7 +112,7 @@ def seeded_gateway(
     gateway.sim.spend_elsewhere(1000)  # Mavera's bill: only what was spent outside the gateway
     created = httpx.post(
         gateway.url + "/admin/keys",
-        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+        headers=ADMIN,
         json={"name": "alice", "credit_budget": 100, "budget_period": "month"},
     )
     assert created.status_code == 201
@@ -119,7 +122,25 @@ def seeded_gateway(
     ):
         assert time.monotonic() < deadline, "the persona names never arrived"
         time.sleep(0.05)
-    return gateway
+    return gateway, created.json()["key"]
+
+
+@contextlib.contextmanager
+def held_open(gateway: RunningGateway, key: str) -> Iterator[None]:
+    """One of alice's requests in flight (the simulator never answers it) until the block ends,
+    when its client goes away."""
+    body = orjson.dumps({"model": "mavera-1", "input": "hold", "mavera_sim": {"hang": True}})
+    head = (
+        f"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    with contextlib.closing(rawhttp.connect(gateway.server.port)) as sock:
+        sock.sendall(head.encode() + body)
+        deadline = time.monotonic() + 10
+        while not gateway.state.in_flight:
+            assert time.monotonic() < deadline, "the held request never reached the gateway"
+            time.sleep(0.01)
+        yield
 
 
 def usage(gateway: RunningGateway, by: str) -> list[dict[str, Any]]:
@@ -162,9 +183,19 @@ def expected_segments(since: float) -> tuple[int, int]:
 def test_dashboard_shows_the_seeded_ledger(
     make_gateway: GatewayFactory, tmp_path: Path, page: Page
 ) -> None:
-    gateway = seeded_gateway(make_gateway, tmp_path)
-    sign_in(page, gateway)
-    page.locator('#clients tr[data-client="alice"]').wait_for()
+    gateway, alice_key = seeded_gateway(make_gateway, tmp_path)
+    with held_open(gateway, alice_key):
+        sign_in(page, gateway)
+        page.locator('#budgets tr[data-client="alice"] svg').wait_for()
+        spend = httpx.get(gateway.url + "/admin/clients/alice/spend", headers=ADMIN).json()
+    assert spend["reserved"] == 5 and spend["in_flight"] == 1  # [limits] budget_reserve_credits
+    budget = page.locator('#budgets tr[data-client="alice"]')
+    assert budget.locator("td.budget").inner_text() == "100 / month"
+    assert budget.locator("td.used").inner_text() == shown(spend["spent"])
+    assert budget.locator("td.reserved").inner_text() == "5"
+    assert budget.locator("td.remaining").inner_text() == shown(spend["remaining"])
+    assert budget.locator("td.in-flight").inner_text() == "1"
+    assert float(budget.locator("rect.reserved").get_attribute("width") or 0) > 0
     assert cells(page, "alice") == {
         "credits": "16.5",
         "unknown": "0",
@@ -191,8 +222,6 @@ def test_dashboard_shows_the_seeded_ledger(
         names[PERSONAS[0]],
     ]
     assert personas.locator("td.credits").all_inner_texts() == ["18", "6.5"]
-    alice_budget = page.locator('#budgets tr[data-client="alice"]')
-    assert alice_budget.locator("td.budget").inner_text() == "100 / month"
     reconciled = httpx.get(gateway.url + "/admin/reconcile", headers=ADMIN).json()
     assert reconciled["mavera"]["credits_used"] == 1000  # the seeded requests never reached it
     facts = page.locator("#reconcile dd").all_inner_texts()
@@ -219,7 +248,7 @@ def test_dashboard_shows_the_seeded_ledger(
 def test_key_is_kept_for_the_tab_and_forgotten_on_request(
     make_gateway: GatewayFactory, tmp_path: Path, page: Page
 ) -> None:
-    gateway = seeded_gateway(make_gateway, tmp_path)
+    gateway, _ = seeded_gateway(make_gateway, tmp_path)
     sign_in(page, gateway)
     page.locator('#clients tr[data-client="bob"]').wait_for()
     page.reload()  # the same tab: the key is still there, no form
@@ -236,7 +265,7 @@ def test_key_is_kept_for_the_tab_and_forgotten_on_request(
 def test_a_wrong_key_is_refused_plainly_and_shows_no_data(
     make_gateway: GatewayFactory, tmp_path: Path, page: Page
 ) -> None:
-    gateway = seeded_gateway(make_gateway, tmp_path)
+    gateway, _ = seeded_gateway(make_gateway, tmp_path)
     sign_in(page, gateway, key="not-the-admin-key")
     message = page.locator("#message")
     message.filter(has_text=REFUSED).wait_for()
@@ -252,7 +281,7 @@ def test_reconciliation_unavailable_while_the_rest_renders(
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}/api/v1"  # nothing listens: Mavera cannot be reached
     unreachable = {"base_url": dead, "max_retries": 0, "persona_names_at_start": False}
-    gateway = seeded_gateway(make_gateway, tmp_path, upstream=unreachable)
+    gateway, _ = seeded_gateway(make_gateway, tmp_path, upstream=unreachable)
     sign_in(page, gateway)
     page.locator('#clients tr[data-client="alice"]').wait_for()
     assert page.locator("#reconcile .unavailable").inner_text() == "unavailable"
