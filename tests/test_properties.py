@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.requests import Request
 
-from app.api.openai import read_json_object
+from app.api.bodies import read_json_object
 from app.clients import Client, ClientSpec
 from app.config import Settings
 from app.errors import GatewayError, InvalidRequest

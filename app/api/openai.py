@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Path
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
-from app.accounting import CLIENT_GONE_STATUS, ClientGone, RequestAccount
+from app.accounting import CLIENT_GONE_STATUS, RequestAccount
+from app.api.bodies import read_json_object, serialised
 from app.api.schemas import (
     ERRORS,
     GENERATION_ERRORS,
@@ -30,8 +30,7 @@ from app.api.schemas import (
     ResponsesRequest,
 )
 from app.clients import Client
-from app.edge import body_timed_out
-from app.errors import BodyTooLarge, GatewayError, InvalidRequest, RequestTimeout
+from app.errors import GatewayError
 from app.limits.spend import error_headers
 from app.records import new_id
 from app.relay import StreamRelay, unless_disconnected
@@ -128,7 +127,7 @@ async def proxy_generation(request: Request, endpoint: str) -> Response:
         guard = functools.partial(unless_disconnected, request.receive)
         admission = await gateway.limits.admit(client, account.record, guard)
         reply_headers.update(admission.headers)
-        content = _serialised(body)
+        content = serialised(body)
         upstream = gateway.upstream
         if stream:
             reply = await unless_disconnected(
@@ -195,68 +194,6 @@ def _error_code(content: bytes) -> str | None:
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return None
     return code[:MAX_ERROR_CODE_CHARS] if isinstance(code, str) else None
-
-
-def _serialised(body: dict[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(body)
-    except orjson.JSONEncodeError:  # nesting deeper than the serializer writes
-        raise InvalidRequest(TOO_DEEP.format(limit=MAX_FORWARD_DEPTH)) from None
-
-
-async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The request body as a JSON object, or the error that says what is wrong with it."""
-    # connection: close, since the rest of the body is not read (app.edge closes lingeringly)
-    message = f"request body is over the gateway's limit of {max_bytes} bytes"
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise BodyTooLarge(message, headers={"connection": "close"})
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_bytes:
-                raise BodyTooLarge(message, headers={"connection": "close"})
-            chunks.append(chunk)
-    except ClientDisconnect:
-        if body_timed_out(request.scope):
-            raise RequestTimeout("request body did not arrive in time") from None
-        raise ClientGone() from None
-    raw = b"".join(chunks)
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        if "depth limit" in str(exc):
-            raise InvalidRequest(TOO_DEEP.format(limit=MAX_FORWARD_DEPTH)) from None
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    if _LONG_DIGITS.search(raw):
-        _refuse_huge_integers(raw)
-    return body
-
-
-TOO_DEEP = "request body nests too deeply: the gateway forwards at most {limit} levels"
-MAX_FORWARD_DEPTH = 254  # orjson writes no deeper
-# 19 digits in a row: the only way to write an integer beyond 64 bits (below -2**63 or from
-# 2**64 on), which the parser would turn into a float, a silent change of value. Rare, so the
-# exact check runs only then.
-_LONG_DIGITS = re.compile(rb"\d{19}")
-_INT64 = range(-(2**63), 2**64)
-
-
-def _refuse_huge_integers(raw: bytes) -> None:
-    def exact(text: str) -> int:
-        number = int(text)
-        if number not in _INT64:
-            raise InvalidRequest(
-                f"request body holds the integer {text[:40]}, beyond 64 bits: the gateway would "
-                "change its value; send it as a string or a float"
-            )
-        return number
-
-    json.loads(raw, parse_int=exact)
 
 
 @router.get(
