@@ -15,7 +15,7 @@ from app.clients import InvalidClientSpec
 from app.config import ConfigError, Settings, load_settings
 from app.errors import GatewayError
 from app.key_admin import DeclaredInConfig, NoActiveKey
-from app.ledger.protocol import KeyExists, Ledger
+from app.ledger.protocol import KeyExists, Ledger, LedgerUnavailable
 from app.reconcile import UpstreamRefused, reconcile
 from app.reconcile import render as render_reconciliation
 from app.reports import GROUPS, footnote, parse_time, render, summarize
@@ -127,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ConfigError,
         StartupRefused,
         KeyExists,
+        LedgerUnavailable,
         InvalidClientSpec,
         DeclaredInConfig,
         ValueError,

@@ -160,8 +160,11 @@ class LedgerSettings(_Section):
     @field_validator("database_url")
     @classmethod
     def _supported(cls, value: str) -> str:
-        if not value.startswith("sqlite:///"):
-            raise ValueError("this version stores the ledger in SQLite: use sqlite:///path/file.db")
+        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(
+                "the ledger is SQLite or PostgreSQL: use sqlite:///path/file.db "
+                "or postgresql://user@host:port/db"
+            )
         return value
 
 

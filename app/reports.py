@@ -10,15 +10,14 @@ import csv
 import io
 import json
 import re
-import statistics
 import time
 from collections.abc import Iterable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from app.ledger.protocol import REPORT_GROUPS, Ledger, ReportGroup, UsageRow
-from app.records import cost_unknown
+from app.ledger.protocol import REPORT_GROUPS, Ledger, ReportGroup, UsageTotals
 
 GROUPS: tuple[ReportGroup, ...] = REPORT_GROUPS
 # Groups where a missing value is a choice the caller made (no tag, no `user` sent), shown so.
@@ -63,20 +62,17 @@ async def summarize(
     By persona, each row also has the persona's name (`persona_name`, None when not known).
     """
     group = _group(by)
-    rows = await ledger.usage_rows(
+    totals = await ledger.usage_totals(
         since, until if until is not None else time.time() + 86400, group, client
     )
     missing = _NONE_SHOWN.get(by, "-")
-    groups: dict[str, list[UsageRow]] = {}
-    for row in rows:
-        groups.setdefault(missing if row.group is None else str(row.group), []).append(row)
-    totals = [_totals(by, key, members) for key, members in sorted(groups.items())]
+    rows = sorted((_row(by, row, missing) for row in totals), key=lambda row: str(row[by]))
     if by == "persona":
         names = await ledger.persona_names()
-        totals = [
-            {"persona": t["persona"], "persona_name": names.get(t["persona"]), **t} for t in totals
+        rows = [
+            {"persona": r["persona"], "persona_name": names.get(r["persona"]), **r} for r in rows
         ]
-    return totals
+    return rows
 
 
 def footnote(by: str) -> str | None:
@@ -91,36 +87,19 @@ def _group(by: str) -> ReportGroup:
     raise ValueError(f"cannot group by {by!r}: choose one of {', '.join(GROUPS)}")
 
 
-def _totals(by: str, key: str, rows: list[UsageRow]) -> dict[str, Any]:
-    latencies = sorted(float(r.latency_ms) for r in rows if r.latency_ms is not None)
-    known = (Decimal(str(r.credits_used)) for r in rows if r.credits_used is not None)
-    return {
-        by: key,
-        "requests": len(rows),
-        "errors": sum(1 for r in rows if r.outcome != "ok"),
-        "credits": _exact(sum(known, Decimal(0))),
-        "unknown_credits": sum(
-            1 for r in rows if cost_unknown(r.endpoint, r.status, r.outcome, r.credits_used)
-        ),
-        "input_tokens": sum(r.input_tokens or 0 for r in rows),
-        "output_tokens": sum(r.output_tokens or 0 for r in rows),
-        "p50_ms": _percentile(latencies, 50),
-        "p95_ms": _percentile(latencies, 95),
-    }
+def _row(by: str, totals: UsageTotals, missing: str) -> dict[str, Any]:
+    row = asdict(totals)
+    del row["group"]
+    row["credits"] = _exact(totals.credits)
+    for name in ("p50_ms", "p95_ms"):
+        row[name] = None if row[name] is None else round(float(row[name]), 2)
+    return {by: missing if totals.group is None else str(totals.group), **row}
 
 
 def _exact(value: Any) -> int | float:
     """Credits as stored, without float noise: integers stay integers."""
     number = Decimal(str(value))
     return int(number) if number == number.to_integral_value() else float(number)
-
-
-def _percentile(ordered: list[float], pct: int) -> float | None:
-    if not ordered:
-        return None
-    if len(ordered) == 1:
-        return round(ordered[0], 2)
-    return round(statistics.quantiles(ordered, n=100, method="inclusive")[pct - 1], 2)
 
 
 async def fetch_records(

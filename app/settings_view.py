@@ -26,6 +26,7 @@ def effective_config_toml(settings: Settings) -> str:
     for section, key in _SECRETS:
         data[section][key] = MASK if data[section][key] is not None else None
     data["upstream"]["proxy_url"] = masked_url(data["upstream"]["proxy_url"])
+    data["ledger"]["database_url"] = masked_url(data["ledger"]["database_url"])
     lines: list[str] = []
     for name, section in data.items():
         if name in ("models", "routes", "clients"):
@@ -37,7 +38,7 @@ def effective_config_toml(settings: Settings) -> str:
 
 
 def masked_url(url: str | None) -> str | None:
-    """A URL with the password of its user info masked (proxy credentials are secrets)."""
+    """A URL with the password of its user info masked (proxy and database credentials)."""
     if url is None:
         return None
     parts = urlsplit(url)

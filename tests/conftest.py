@@ -3,26 +3,34 @@ and a watch on every log line for the Mavera key."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import random
+import secrets
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import openai
+import psycopg
 import pytest
 import trustme
+from psycopg.conninfo import conninfo_to_dict
 
 from app.background import BackgroundServer
 from app.config import Settings
+from app.ledger.backends import POSTGRES_SCHEMES
+from app.ledger.postgres import PostgresLedger
+from app.ledger.protocol import Ledger
 from app.ledger.sqlite import SqliteLedger, sqlite_path
-from app.records import COLUMNS
+from app.records import COLUMNS, UsageRecord
 from app.server import create_app
 from app.simulator import Simulator, persona_ids
 from app.state import Gateway
@@ -91,12 +99,106 @@ def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def ledger_rows(database_url: str) -> list[dict[str, Any]]:
-    """Every usage record in a SQLite ledger, oldest first, read on a connection of its own."""
+    """Every usage record in a ledger, oldest first, read on a connection of its own."""
+    sql = f"SELECT {', '.join(COLUMNS)} FROM usage_records ORDER BY received_at"
+    return [dict(zip(COLUMNS, row, strict=True)) for row in raw_query(database_url, sql)]
+
+
+def raw_query(database_url: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of one SQL statement on a connection of the test's own, SQLite or PostgreSQL."""
+    if database_url.startswith(POSTGRES_SCHEMES):
+        with psycopg.connect(database_url, autocommit=True) as pg:
+            cursor = pg.execute(sql.encode())
+            return cursor.fetchall() if cursor.description else []
     with contextlib.closing(sqlite3.connect(sqlite_path(database_url))) as db:
-        rows = db.execute(
-            f"SELECT {', '.join(COLUMNS)} FROM usage_records ORDER BY received_at"
-        ).fetchall()
-    return [dict(zip(COLUMNS, row, strict=True)) for row in rows]
+        rows = db.execute(sql).fetchall()
+        db.commit()
+        return rows
+
+
+POSTGRES_URL = os.environ.get(
+    "GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+_POSTGRES = conninfo_to_dict(POSTGRES_URL)
+POSTGRES_ADDRESS = (str(_POSTGRES.get("host") or "127.0.0.1"), int(_POSTGRES.get("port") or 5432))
+
+
+def through_port(url: str, port: int) -> str:
+    """The URL `url` with its server replaced by 127.0.0.1:`port` (a relay in front of it)."""
+    parts = urlsplit(url)
+    user = parts.netloc.rpartition("@")[0]
+    return urlunsplit(
+        parts._replace(netloc=f"{user}@127.0.0.1:{port}" if user else f"127.0.0.1:{port}")
+    )
+
+
+def _postgres_or_skip() -> None:
+    try:
+        psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
+    except psycopg.OperationalError as exc:
+        message = (
+            f"PostgreSQL at {POSTGRES_URL} is not reachable ({exc}); set GATEWAY_TEST_POSTGRES_URL"
+        )
+        if os.environ.get("GATEWAY_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"{message} (GATEWAY_REQUIRE_SERVICES=1, so this is a failure)")
+        pytest.skip(message)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """The URL of a fresh, empty schema in the test database (first on its search_path),
+    dropped with everything in it afterwards."""
+    _postgres_or_skip()
+    schema = f"t_{secrets.token_hex(6)}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as db:
+        db.execute(f"CREATE SCHEMA {schema}".encode())
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as db:
+            db.execute(f"DROP SCHEMA {schema} CASCADE".encode())
+
+
+@dataclass
+class LedgerUnderTest:
+    """An open ledger of either backend, driven from synchronous tests on one event loop."""
+
+    url: str
+    ledger: Ledger
+    loop: asyncio.AbstractEventLoop
+
+    def run(self, work: Coroutine[Any, Any, Any]) -> Any:
+        """Await `work` on the ledger's event loop (PostgreSQL connections belong to one)."""
+        return self.loop.run_until_complete(work)
+
+    def write(self, records: Iterable[UsageRecord]) -> None:
+        """Store a batch."""
+        self.run(self.ledger.write(list(records)))
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        """Raw SQL on a connection of the test's own."""
+        return raw_query(self.url, sql)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LedgerUnderTest]:
+    """An open, empty ledger: SQLite in the test's directory, or PostgreSQL in a fresh schema."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ledger.db'}"
+        ledger: Ledger = SqliteLedger(url)
+    else:
+        url = request.getfixturevalue("postgres_url")
+        ledger = PostgresLedger(url)
+    loop = asyncio.new_event_loop()
+    under_test = LedgerUnderTest(url, ledger, loop)
+    under_test.run(ledger.open())
+    try:
+        yield under_test
+    finally:
+        under_test.run(ledger.close())
+        loop.close()
 
 
 # The upstream client honours these as curl does; a developer's proxy must not route the tests.

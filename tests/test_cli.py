@@ -18,6 +18,7 @@ from app.cli import main
 from app.ledger.sqlite import SqliteLedger
 from app.records import UsageRecord
 from tests.cliruns import run
+from tests.conftest import LedgerUnderTest, free_port
 
 NOW = time.time()
 HOUR = 3600.0
@@ -206,6 +207,18 @@ def test_usage_bad_grouping_is_an_argument_error(
     assert "colour" in capsys.readouterr().err
 
 
+def test_an_unreachable_postgres_ledger_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()  # nobody listens there
+    url = f"postgresql://gw:pg-s3cret@127.0.0.1:{port}/usage"
+    monkeypatch.setenv("MAVERA_GATEWAY_DATABASE_URL", url)
+    code, out, err = run(capsys, "usage")
+    assert code == 2 and out == ""
+    assert f"cannot connect to the PostgreSQL database 127.0.0.1:{port}/usage" in err
+    assert "pg-s3cret" not in err
+
+
 def test_usage_says_which_database_it_read_on_stderr(
     filled: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -234,3 +247,21 @@ def test_version_is_the_installed_package_version(capsys: pytest.CaptureFixture[
         main(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out.strip() == f"mavera-gateway {version('mavera-gateway')}"
+
+
+def test_usage_on_a_postgres_ledger_is_the_report_sqlite_gives(
+    filled: str,
+    store: LedgerUnderTest,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    store.write([*RECENT, *OLDER])
+    reports = {}
+    for url in (filled, store.url):
+        monkeypatch.setenv("MAVERA_GATEWAY_DATABASE_URL", url)
+        for by in ("client", "day", "persona"):
+            code, out, err = run(capsys, "usage", "--since", "30d", "--by", by, "--format", "json")
+            assert code == 0, err
+            reports[url, by] = json.loads(out)
+    for by in ("client", "day", "persona"):
+        assert reports[store.url, by] == reports[filled, by] != []

@@ -350,6 +350,13 @@ def test_view_masks_the_proxy_password(monkeypatch: pytest.MonkeyPatch) -> None:
     assert tomllib.loads(out)["upstream"]["proxy_url"] == f"http://ops:{MASK}@proxy.corp:3128"
 
 
+def test_view_masks_the_database_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAVERA_GATEWAY_DATABASE_URL", "postgresql://gw:pg-s3cret@db:5432/usage")
+    out = effective_config_toml(load_settings())
+    assert "pg-s3cret" not in out
+    assert tomllib.loads(out)["ledger"]["database_url"] == f"postgresql://gw:{MASK}@db:5432/usage"
+
+
 def test_view_says_unset_secrets_are_unset() -> None:
     out = effective_config_toml(Settings())
     parsed = tomllib.loads(out)
@@ -410,3 +417,20 @@ def test_view_quotes_names_toml_cannot_take_bare() -> None:
     settings = Settings(models={name: {"verbosity": "low"} for name in names})
     parsed = tomllib.loads(effective_config_toml(settings))
     assert sorted(parsed["models"]) == sorted(names)
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://gw@db.internal:5432/usage", "postgres://gw@db/usage?sslmode=require"]
+)
+def test_a_postgres_ledger_url_is_accepted(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("MAVERA_GATEWAY_DATABASE_URL", url)
+    assert load_settings().ledger.database_url == url
+
+
+def test_an_unsupported_ledger_url_names_both_kinds(tmp_path: Path) -> None:
+    path = write(tmp_path, '[ledger]\ndatabase_url = "mysql://root@db/usage"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = str(caught.value)
+    assert "ledger.database_url" in message
+    assert "sqlite:///" in message and "postgresql://" in message

@@ -1,4 +1,4 @@
-"""Usage reports over a real SQLite ledger, and the ledger's own guarantees."""
+"""Usage reports over a real ledger (SQLite and PostgreSQL), and the ledger's own guarantees."""
 
 from __future__ import annotations
 
@@ -10,17 +10,24 @@ import io
 import json
 import re
 import sqlite3
+import subprocess
+import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from app import reports
 from app.ledger import migrations
+from app.ledger.backends import open_ledger
+from app.ledger.postgres import PostgresLedger
 from app.ledger.sqlite import SqliteLedger
 from app.records import COLUMNS, UsageRecord
 from app.reports import parse_time, render
+from tests.conftest import POSTGRES_ADDRESS, LedgerUnderTest, raw_query, through_port
 
 
 def utc(*parts: int) -> float:
@@ -32,18 +39,14 @@ HOUR = 3600.0
 DAY = 86400.0
 
 
-def summarize(ledger: SqliteLedger, **options: Any) -> list[dict[str, Any]]:
-    return asyncio.run(reports.summarize(ledger, **options))
+def summarize(store: LedgerUnderTest, **options: Any) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = store.run(reports.summarize(store.ledger, **options))
+    return rows
 
 
-def fetch_records(ledger: SqliteLedger, **options: Any) -> list[dict[str, Any]]:
-    return asyncio.run(reports.fetch_records(ledger, **options))
-
-
-def query(ledger: SqliteLedger, sql: str) -> list[tuple[Any, ...]]:
-    """Raw SQL on a connection of the test's own."""
-    with contextlib.closing(sqlite3.connect(ledger.path)) as db:
-        return db.execute(sql).fetchall()
+def fetch_records(store: LedgerUnderTest, **options: Any) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = store.run(reports.fetch_records(store.ledger, **options))
+    return rows
 
 
 MIGRATIONS = [
@@ -141,9 +144,9 @@ def dataset() -> list[UsageRecord]:
 
 
 @pytest.fixture
-def filled(ledger: SqliteLedger) -> SqliteLedger:
-    ledger.write_sync(dataset())
-    return ledger
+def filled(store: LedgerUnderTest) -> LedgerUnderTest:
+    store.write(dataset())
+    return store
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -200,7 +203,7 @@ def test_parse_bad_input_explains(text: str) -> None:
 # --- summarize ------------------------------------------------------------------------------
 
 
-def test_summarize_by_client(filled: SqliteLedger) -> None:
+def test_summarize_by_client(filled: LedgerUnderTest) -> None:
     rows = summarize(filled, since=NOW - 2 * DAY, until=NOW + 1)
     assert rows == [
         {
@@ -230,7 +233,7 @@ def test_summarize_by_client(filled: SqliteLedger) -> None:
     assert type(rows[1]["credits"]) is int  # integers stay integers
 
 
-def test_summarize_one_client_by_day(filled: SqliteLedger) -> None:
+def test_summarize_one_client_by_day(filled: LedgerUnderTest) -> None:
     rows = summarize(filled, since=NOW - 2 * DAY, until=NOW + 1, by="day", client="bob")
     assert [(r["day"], r["requests"], r["credits"]) for r in rows] == [
         ("2026-11-03", 2, 1),
@@ -239,34 +242,34 @@ def test_summarize_one_client_by_day(filled: SqliteLedger) -> None:
     assert summarize(filled, since=NOW - 2 * DAY, until=NOW + 1, client="nobody") == []
 
 
-def test_summarize_window_bounds(filled: SqliteLedger) -> None:
+def test_summarize_window_bounds(filled: LedgerUnderTest) -> None:
     rows = summarize(filled, since=NOW - 10 * DAY, until=NOW - 25 * HOUR)
     # `since` is inclusive, `until` exclusive
     assert [(r["client"], r["requests"]) for r in rows] == [("bob", 1), ("carol", 1)]
     assert summarize(filled, since=NOW + HOUR) == []
 
 
-def test_summarize_without_until_includes_recent_records(filled: SqliteLedger) -> None:
-    filled.write_sync([record(client="dave", received_at=time.time())])
+def test_summarize_without_until_includes_recent_records(filled: LedgerUnderTest) -> None:
+    filled.write([record(client="dave", received_at=time.time())])
     rows = summarize(filled, since=NOW - 2 * DAY)
     assert "dave" in [r["client"] for r in rows]
 
 
-def test_credits_are_summed_exactly(ledger: SqliteLedger) -> None:
-    ledger.write_sync(
+def test_credits_are_summed_exactly(store: LedgerUnderTest) -> None:
+    store.write(
         [record(client="a", credits_used=c, received_at=NOW) for c in (1, 2, 0.5, 0.25, 10**9)]
     )
-    (row,) = summarize(ledger, since=NOW - 1, until=NOW + 1)
+    (row,) = summarize(store, since=NOW - 1, until=NOW + 1)
     assert row["credits"] == 1_000_000_003.75
 
 
-def test_all_unknown_credits_are_counted_not_zeroed(ledger: SqliteLedger) -> None:
-    ledger.write_sync([record(client="a", received_at=NOW) for _ in range(3)])
-    (row,) = summarize(ledger, since=NOW - 1, until=NOW + 1)
+def test_all_unknown_credits_are_counted_not_zeroed(store: LedgerUnderTest) -> None:
+    store.write([record(client="a", received_at=NOW) for _ in range(3)])
+    (row,) = summarize(store, since=NOW - 1, until=NOW + 1)
     assert (row["requests"], row["unknown_credits"], row["credits"]) == (3, 3, 0)
 
 
-def test_unknown_credits_only_where_mavera_may_have_charged(ledger: SqliteLedger) -> None:
+def test_unknown_credits_only_where_mavera_may_have_charged(store: LedgerUnderTest) -> None:
     unknown = [
         record(client="a", received_at=NOW, outcome="ok", status=200),
         record(client="a", received_at=NOW, outcome="upstream_error", status=200, stream=True),
@@ -289,15 +292,15 @@ def test_unknown_credits_only_where_mavera_may_have_charged(ledger: SqliteLedger
         record(client="a", received_at=NOW, endpoint="personas"),
         record(client="a", received_at=NOW, credits_used=0),
     ]
-    ledger.write_sync(unknown + known_or_free)
-    (row,) = summarize(ledger, since=NOW - 1, until=NOW + 1)
+    store.write(unknown + known_or_free)
+    (row,) = summarize(store, since=NOW - 1, until=NOW + 1)
     assert row["unknown_credits"] == len(unknown)
     assert row["requests"] == len(unknown) + len(known_or_free)
     assert row["errors"] == 8
     assert row["credits"] == 0
 
 
-def test_summarize_by_persona(filled: SqliteLedger) -> None:
+def test_summarize_by_persona(filled: LedgerUnderTest) -> None:
     rows = summarize(filled, since=NOW - 2 * DAY, until=NOW + 1, by="persona")
     assert [(r["persona"], r["requests"], r["credits"]) for r in rows] == [
         ("-", 3, 0),
@@ -306,7 +309,7 @@ def test_summarize_by_persona(filled: SqliteLedger) -> None:
     ]
 
 
-def test_summarize_by_model_prefers_requested_name(filled: SqliteLedger) -> None:
+def test_summarize_by_model_prefers_requested_name(filled: LedgerUnderTest) -> None:
     rows = summarize(filled, since=NOW - 2 * DAY, until=NOW + 1, by="model")
     assert [(r["model"], r["requests"]) for r in rows] == [
         ("-", 3),
@@ -316,7 +319,7 @@ def test_summarize_by_model_prefers_requested_name(filled: SqliteLedger) -> None
     ]
 
 
-def test_summarize_by_route(filled: SqliteLedger) -> None:
+def test_summarize_by_route(filled: LedgerUnderTest) -> None:
     rows = summarize(filled, since=NOW - 2 * DAY, until=NOW + 1, by="route")
     assert [(r["route"], r["requests"], r["credits"]) for r in rows] == [
         ("-", 7, 4),
@@ -324,7 +327,7 @@ def test_summarize_by_route(filled: SqliteLedger) -> None:
     ]
 
 
-def test_summarize_by_endpoint(filled: SqliteLedger) -> None:
+def test_summarize_by_endpoint(filled: LedgerUnderTest) -> None:
     rows = summarize(filled, since=NOW - 2 * DAY, until=NOW + 1, by="endpoint")
     assert [(r["endpoint"], r["requests"]) for r in rows] == [
         ("chat.completions", 6),
@@ -333,7 +336,7 @@ def test_summarize_by_endpoint(filled: SqliteLedger) -> None:
     ]
 
 
-def test_summarize_by_day_in_utc(filled: SqliteLedger) -> None:
+def test_summarize_by_day_in_utc(filled: LedgerUnderTest) -> None:
     rows = summarize(filled, since=NOW - 20 * DAY, until=NOW + 1, by="day")
     assert [(r["day"], r["requests"], r["credits"]) for r in rows] == [
         ("2026-10-25", 1, 1000),
@@ -342,27 +345,73 @@ def test_summarize_by_day_in_utc(filled: SqliteLedger) -> None:
     ]
 
 
-def test_summarize_rejects_unknown_grouping(filled: SqliteLedger) -> None:
+def test_summarize_by_tag_and_end_user(store: LedgerUnderTest) -> None:
+    batch = [
+        record(client="a", received_at=NOW, tags="proj-a,exp-1", credits_used=2, end_user="u1"),
+        record(client="a", received_at=NOW, tags="proj-a", credits_used=3),
+        record(client="a", received_at=NOW, credits_used=5),
+    ]
+    store.write(batch)
+    store.write(batch)  # a retried batch: its records and their tags are stored once
+    by_tag = summarize(store, since=NOW - 1, until=NOW + 1, by="tag")
+    assert [(r["tag"], r["requests"], r["credits"]) for r in by_tag] == [
+        ("(none)", 1, 5),
+        ("exp-1", 1, 2),
+        ("proj-a", 2, 5),
+    ]
+    by_user = summarize(store, since=NOW - 1, until=NOW + 1, by="end_user")
+    assert [(r["end_user"], r["requests"], r["credits"]) for r in by_user] == [
+        ("(none)", 2, 8),
+        ("u1", 1, 2),
+    ]
+
+
+def test_persona_names_and_the_reconciliation_totals(store: LedgerUnderTest) -> None:
+    store.run(store.ledger.store_persona_names({"p1": "Old name", "p2": "Two"}, NOW))
+    store.run(store.ledger.store_persona_names({"p1": "Gen Z"}, NOW + 1))
+    store.write(
+        [
+            record(client="a", received_at=NOW, persona_id="p1", credits_used=0.1),
+            record(client="a", received_at=NOW, persona_id="p1", credits_used=0.2),
+            record(client="a", received_at=NOW, persona_id="p3"),  # cost unknown
+        ]
+    )
+    rows = summarize(store, since=NOW - 1, until=NOW + 1, by="persona")
+    assert [(r["persona"], r["persona_name"], r["requests"]) for r in rows] == [
+        ("p1", "Gen Z", 2),
+        ("p3", None, 1),
+    ]
+    totals = store.run(store.ledger.period_totals(NOW - 1, NOW + 1))
+    assert (totals.credits, totals.requests, totals.unknown_cost) == (Decimal("0.3"), 3, 1)
+    (unknown,) = store.run(store.ledger.unknown_cost_records(NOW - 1, NOW + 1, 10))
+    assert (unknown["client"], unknown["status"], unknown["endpoint"]) == (
+        "a",
+        200,
+        "chat.completions",
+    )
+
+
+def test_summarize_rejects_unknown_grouping(filled: LedgerUnderTest) -> None:
     with pytest.raises(ValueError, match="client"):
         summarize(filled, since=0, by="colour")
 
 
-def test_percentiles_single_and_missing_latency(ledger: SqliteLedger) -> None:
-    ledger.write_sync(
+def test_percentiles_single_and_missing_latency(store: LedgerUnderTest) -> None:
+    store.write(
         [
             record(client="one", received_at=NOW, latency_ms=12.345),
             record(client="none", received_at=NOW, latency_ms=None),
         ]
     )
-    rows = {r["client"]: r for r in summarize(ledger, since=NOW - 1, until=NOW + 1)}
+    rows = {r["client"]: r for r in summarize(store, since=NOW - 1, until=NOW + 1)}
     assert (rows["one"]["p50_ms"], rows["one"]["p95_ms"]) == (12.35, 12.35)
     assert (rows["none"]["p50_ms"], rows["none"]["p95_ms"]) == (None, None)
 
 
-def test_percentiles_over_many_requests(ledger: SqliteLedger) -> None:
+def test_percentiles_over_many_requests(store: LedgerUnderTest) -> None:
     latencies = [float(n) for n in range(1, 101)]
-    ledger.write_sync([record(client="a", received_at=NOW, latency_ms=v) for v in latencies])
-    (row,) = summarize(ledger, since=NOW - 1, until=NOW + 1)
+    store.write([record(client="a", received_at=NOW, latency_ms=v) for v in latencies])
+    (row,) = summarize(store, since=NOW - 1, until=NOW + 1)
     assert row["p50_ms"] == percentile(latencies, 50) == 50.5
     assert row["p95_ms"] == percentile(latencies, 95) == 95.05
 
@@ -370,13 +419,13 @@ def test_percentiles_over_many_requests(ledger: SqliteLedger) -> None:
 # --- render ---------------------------------------------------------------------------------
 
 
-def test_render_json_parses_back(filled: SqliteLedger) -> None:
+def test_render_json_parses_back(filled: LedgerUnderTest) -> None:
     rows = summarize(filled, since=NOW - 20 * DAY, until=NOW + 1)
     assert json.loads(render(rows, "json")) == rows
     assert json.loads(render([], "json")) == []
 
 
-def test_render_csv(filled: SqliteLedger) -> None:
+def test_render_csv(filled: LedgerUnderTest) -> None:
     rows = summarize(filled, since=NOW - 20 * DAY, until=NOW + 1)
     text = render(rows, "csv")
     lines = text.splitlines()
@@ -388,7 +437,7 @@ def test_render_csv(filled: SqliteLedger) -> None:
     assert parsed[0]["unknown_credits"] == "1"
 
 
-def test_render_table_aligns_columns(filled: SqliteLedger) -> None:
+def test_render_table_aligns_columns(filled: LedgerUnderTest) -> None:
     rows = summarize(filled, since=NOW - 20 * DAY, until=NOW + 1)
     lines = render(rows, "table").splitlines()
     assert len(lines) == 2 + len(rows)
@@ -432,7 +481,7 @@ def test_render_unknown_format() -> None:
 # --- fetch_records --------------------------------------------------------------------------
 
 
-def test_fetch_records_newest_first_with_all_columns(filled: SqliteLedger) -> None:
+def test_fetch_records_newest_first_with_all_columns(filled: LedgerUnderTest) -> None:
     records = fetch_records(filled, since=NOW - 2 * DAY)
     assert [r["received_at"] for r in records] == sorted(
         (r.received_at for r in dataset() if r.received_at >= NOW - 2 * DAY), reverse=True
@@ -446,7 +495,7 @@ def test_fetch_records_newest_first_with_all_columns(filled: SqliteLedger) -> No
     assert records[1]["credits_used"] == 2.5
 
 
-def test_fetch_records_round_trips_a_record(ledger: SqliteLedger) -> None:
+def test_fetch_records_round_trips_a_record(store: LedgerUnderTest) -> None:
     original = record(
         client="alice",
         received_at=NOW,
@@ -471,12 +520,12 @@ def test_fetch_records_round_trips_a_record(ledger: SqliteLedger) -> None:
         persona_source="model",
         tags="proj-a,exp-1",
     )
-    ledger.write_sync([original])
-    (stored,) = fetch_records(ledger, since=0)
+    store.write([original])
+    (stored,) = fetch_records(store, since=0)
     assert stored == {**dict(zip(COLUMNS, original.values(), strict=True)), "persona_name": None}
 
 
-def test_fetch_records_filters_by_client_and_since(filled: SqliteLedger) -> None:
+def test_fetch_records_filters_by_client_and_since(filled: LedgerUnderTest) -> None:
     bob = fetch_records(filled, since=NOW - 2 * DAY, client="bob")
     assert [r["client"] for r in bob] == ["bob"] * 4
     recent = fetch_records(filled, since=NOW - 2 * DAY, client="carol")
@@ -485,7 +534,7 @@ def test_fetch_records_filters_by_client_and_since(filled: SqliteLedger) -> None
     assert fetch_records(filled, since=0, client="nobody") == []
 
 
-def test_fetch_records_paginates(filled: SqliteLedger) -> None:
+def test_fetch_records_paginates(filled: LedgerUnderTest) -> None:
     everything = fetch_records(filled, since=0)
     assert len(everything) == 9
     pages = [fetch_records(filled, since=0, limit=4, offset=o) for o in (0, 4, 8, 12)]
@@ -493,9 +542,9 @@ def test_fetch_records_paginates(filled: SqliteLedger) -> None:
     assert [r["id"] for p in pages for r in p] == [r["id"] for r in everything]
 
 
-def test_fetch_records_ties_are_stable(ledger: SqliteLedger) -> None:
-    ledger.write_sync([record(client="a", received_at=NOW) for _ in range(10)])
-    pages = [fetch_records(ledger, since=0, limit=3, offset=o) for o in range(0, 12, 3)]
+def test_fetch_records_ties_are_stable(store: LedgerUnderTest) -> None:
+    store.write([record(client="a", received_at=NOW) for _ in range(10)])
+    pages = [fetch_records(store, since=0, limit=3, offset=o) for o in range(0, 12, 3)]
     ids = [r["id"] for p in pages for r in p]
     assert len(ids) == len(set(ids)) == 10
 
@@ -503,8 +552,8 @@ def test_fetch_records_ties_are_stable(ledger: SqliteLedger) -> None:
 # --- the ledger -----------------------------------------------------------------------------
 
 
-def test_spent_since_counts_kept_reservations_and_all_clients(ledger: SqliteLedger) -> None:
-    ledger.write_sync(
+def test_spent_since_counts_kept_reservations_and_all_clients(store: LedgerUnderTest) -> None:
+    store.write(
         [
             record(client="a", received_at=NOW, credits_used=3),
             record(client="a", received_at=NOW, credits_used=None, credits_reserved=5),
@@ -512,61 +561,155 @@ def test_spent_since_counts_kept_reservations_and_all_clients(ledger: SqliteLedg
             record(client="b", received_at=NOW, credits_used=2),
         ]
     )
-    assert asyncio.run(ledger.spent_since("a", NOW - 1)) == 8
-    assert asyncio.run(ledger.spent_since(None, NOW - 1)) == 10
-    assert asyncio.run(ledger.spent_since(None, 0)) == 110
+    assert store.run(store.ledger.spent_since("a", NOW - 1)) == 8
+    assert store.run(store.ledger.spent_since(None, NOW - 1)) == 10
+    assert store.run(store.ledger.spent_since(None, 0)) == 110
 
 
-def test_migrations_are_recorded_in_order(ledger: SqliteLedger) -> None:
-    assert asyncio.run(ledger.applied_migrations()) == MIGRATIONS
+def test_migrations_are_recorded_in_order(store: LedgerUnderTest) -> None:
+    assert store.run(store.ledger.applied_migrations()) == MIGRATIONS
 
 
-def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
-    url = "sqlite:///" + str(tmp_path / "l.db")
-    first = SqliteLedger(url)
-    first.open_sync()
-    first.write_sync([record(client="a", received_at=NOW)])
-    applied = query(first, "SELECT name, applied_at FROM schema_migrations ORDER BY name")
-    first.close_sync()
+def test_reopening_applies_nothing_twice(store: LedgerUnderTest) -> None:
+    store.write([record(client="a", received_at=NOW)])
+    applied = store.query("SELECT name, applied_at FROM schema_migrations ORDER BY name")
+    store.run(store.ledger.close())
 
-    again = SqliteLedger(url)
-    again.open_sync()
-    again.open_sync()  # a second open on the same object is a no-op
-    assert asyncio.run(again.applied_migrations()) == MIGRATIONS
-    assert query(again, "SELECT name, applied_at FROM schema_migrations ORDER BY name") == applied
-    assert query(again, "SELECT COUNT(*) FROM usage_records") == [(1,)]
-    again.close_sync()
+    again = open_ledger(store.url)
+    store.run(again.open())
+    store.run(again.open())  # a second open on the same object is a no-op
+    try:
+        assert store.run(again.applied_migrations()) == MIGRATIONS
+    finally:
+        store.run(again.close())
+    assert store.query("SELECT name, applied_at FROM schema_migrations ORDER BY name") == applied
+    assert store.query("SELECT COUNT(*) FROM usage_records") == [(1,)]
 
 
-def test_same_record_written_twice_is_stored_once(ledger: SqliteLedger) -> None:
+def test_same_record_written_twice_is_stored_once(store: LedgerUnderTest) -> None:
     one = record(client="a", received_at=NOW, credits_used=5)
-    ledger.write_sync([one])
-    ledger.write_sync([one])
-    ledger.write_sync([one, one])
-    assert query(ledger, "SELECT COUNT(*) FROM usage_records") == [(1,)]
-    (row,) = summarize(ledger, since=NOW - 1, until=NOW + 1)
+    store.write([one])
+    store.write([one])
+    store.write([one, one])
+    assert store.query("SELECT COUNT(*) FROM usage_records") == [(1,)]
+    (row,) = summarize(store, since=NOW - 1, until=NOW + 1)
     assert row["credits"] == 5
 
 
-def test_closed_ledger_refuses_queries(tmp_path: Path) -> None:
-    store = SqliteLedger("sqlite:///" + str(tmp_path / "l.db"))
-    with pytest.raises(RuntimeError, match="not open"):
-        asyncio.run(store.records(0, None, 10, 0))
-    store.open_sync()
-    store.close_sync()
-    with pytest.raises(RuntimeError, match="not open"):
-        store.write_sync([record(client="a")])
+def test_a_retried_batch_adds_only_what_is_new(store: LedgerUnderTest) -> None:
+    batch = [record(client="a", received_at=NOW, credits_used=2) for _ in range(50)]
+    store.write(batch[:30])  # a batch that was stored, though its writer never heard back
+    store.write(batch)  # the writer's retry, with what arrived meanwhile
+    assert store.query("SELECT COUNT(*) FROM usage_records") == [(50,)]
+    (row,) = summarize(store, since=NOW - 1, until=NOW + 1)
+    assert (row["requests"], row["credits"]) == (50, 100)
 
 
-def test_failed_batch_writes_nothing(ledger: SqliteLedger) -> None:
+def test_closed_ledger_refuses_queries(store: LedgerUnderTest) -> None:
+    fresh = open_ledger(store.url)
+    with pytest.raises(RuntimeError, match="not open"):
+        store.run(fresh.records(0, None, 10, 0))
+    store.run(store.ledger.close())
+    with pytest.raises(RuntimeError, match="not open"):
+        store.write([record(client="a")])
+
+
+def test_failed_batch_writes_nothing(store: LedgerUnderTest) -> None:
     good = record(client="a", received_at=NOW)
     bad = record(client="b", received_at=NOW)
     bad.endpoint = None  # type: ignore[assignment]  # violates NOT NULL
-    with pytest.raises(sqlite3.IntegrityError):
-        ledger.write_sync([good, bad])
-    assert query(ledger, "SELECT COUNT(*) FROM usage_records") == [(0,)]
-    ledger.write_sync([good])  # the connection is usable again
-    assert query(ledger, "SELECT COUNT(*) FROM usage_records") == [(1,)]
+    with pytest.raises((sqlite3.IntegrityError, psycopg.errors.NotNullViolation)):
+        store.write([good, bad])
+    assert store.query("SELECT COUNT(*) FROM usage_records") == [(0,)]
+    store.write([good])  # the connection is usable again
+    assert store.query("SELECT COUNT(*) FROM usage_records") == [(1,)]
+
+
+def test_replicas_starting_together_migrate_once(postgres_url: str) -> None:
+    async def start_replicas() -> list[list[str]]:
+        ledgers = [PostgresLedger(postgres_url) for _ in range(6)]
+        await asyncio.gather(*(ledger.open() for ledger in ledgers))
+        try:
+            return [await ledger.applied_migrations() for ledger in ledgers]
+        finally:
+            await asyncio.gather(*(ledger.close() for ledger in ledgers))
+
+    assert asyncio.run(start_replicas()) == [MIGRATIONS] * 6
+    applied = raw_query(postgres_url, "SELECT name FROM schema_migrations ORDER BY name")
+    assert [name for (name,) in applied] == MIGRATIONS  # each recorded once
+    indexes = raw_query(
+        postgres_url,
+        "SELECT indexdef FROM pg_indexes WHERE tablename = 'usage_records' ORDER BY indexname",
+    )
+    definitions = " ".join(definition for (definition,) in indexes)
+    assert "(client, received_at)" in definitions and "(received_at)" in definitions
+
+
+_WITHOUT_PSYCOPG = """
+import sys
+sys.modules["psycopg"] = None  # as if the [postgres] extra were not installed
+from app.cli import main
+from app.ledger.backends import open_ledger
+from app.ledger.protocol import LedgerUnavailable
+from app.server import create_app
+open_ledger("sqlite:///:memory:")
+try:
+    open_ledger("postgresql://postgres@127.0.0.1:5432/test")
+except LedgerUnavailable as exc:
+    print(exc)
+"""
+
+
+def test_sqlite_needs_no_driver_and_postgres_names_the_extra() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_PSYCOPG], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'mavera-gateway[postgres]'" in done.stdout
+
+
+def test_the_description_names_the_database_without_its_password() -> None:
+    ledger = open_ledger("postgresql://gw:s3cret-pw@db.internal:6543/usage?sslmode=require")
+    assert ledger.description == "PostgreSQL database db.internal:6543/usage"
+    assert open_ledger("postgres://gw@db/usage").description == "PostgreSQL database db:5432/usage"
+
+
+async def _forward(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, opened: list[asyncio.StreamWriter]
+) -> None:
+    """One TCP connection relayed to the real PostgreSQL, until either side closes."""
+    up_reader, up_writer = await asyncio.open_connection(*POSTGRES_ADDRESS)
+    opened += [writer, up_writer]
+
+    async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        while data := await source.read(65536):
+            sink.write(data)
+            await sink.drain()
+        sink.close()
+
+    with contextlib.suppress(ConnectionError):
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+def test_a_postgres_gone_away_is_not_ready(postgres_url: str) -> None:
+    """/readyz's ping: True while the server answers, False once the network to it is cut."""
+
+    async def ping_before_and_after_the_cut() -> tuple[bool, bool]:
+        opened: list[asyncio.StreamWriter] = []
+        relay = await asyncio.start_server(lambda r, w: _forward(r, w, opened), "127.0.0.1", 0)
+        port = relay.sockets[0].getsockname()[1]
+        ledger = PostgresLedger(through_port(postgres_url, port))
+        await ledger.open()
+        try:
+            before = await ledger.ping()
+            relay.close()
+            for writer in opened:
+                writer.transport.abort()
+            return before, await ledger.ping()
+        finally:
+            await ledger.close()
+
+    assert asyncio.run(ping_before_and_after_the_cut()) == (True, False)
 
 
 def test_a_migration_missing_from_the_sequence_is_applied_when_it_appears(
@@ -583,5 +726,5 @@ def test_a_migration_missing_from_the_sequence_is_applied_when_it_appears(
     again = SqliteLedger(url)
     again.open_sync()
     assert asyncio.run(again.applied_migrations()) == sorted([*MIGRATIONS, "0004_later"])
-    assert query(again, "SELECT COUNT(*) FROM later") == [(0,)]
+    assert raw_query(url, "SELECT COUNT(*) FROM later") == [(0,)]
     again.close_sync()

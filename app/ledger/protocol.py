@@ -1,6 +1,6 @@
 """The one storage interface the rest of the gateway is typed against.
 
-Every backend (SQLite today, PostgreSQL next) implements `Ledger`; nothing outside `app/ledger/`
+Every backend (SQLite, PostgreSQL) implements `Ledger`; nothing outside `app/ledger/`
 writes SQL or knows which backend it talks to. Storage imports only the domain types.
 """
 
@@ -50,17 +50,23 @@ class StoredKey:
 
 
 @dataclass(frozen=True, slots=True)
-class UsageRow:
-    """The fields of one record that a usage report adds up, with its group's value."""
+class UsageTotals:
+    """One group of a usage report, added up by the database.
+
+    `credits` sums only the requests Mavera reported a cost for; `unknown_credits` counts the
+    requests it may have charged for without saying how much (see `app.records.cost_unknown`).
+    The percentiles interpolate linearly between closest ranks, over requests with a latency.
+    """
 
     group: Any
-    outcome: str
-    endpoint: str
-    status: int
-    credits_used: Any
-    input_tokens: int | None
-    output_tokens: int | None
-    latency_ms: float | None
+    requests: int
+    errors: int
+    credits: Any
+    unknown_credits: int
+    input_tokens: int
+    output_tokens: int
+    p50_ms: float | None
+    p95_ms: float | None
 
 
 # What an audit row records; the changes of a key.updated row are only the fields that changed.
@@ -111,6 +117,10 @@ class KeyExists(Exception):
     """An active key already has that client name."""
 
 
+class LedgerUnavailable(Exception):
+    """The ledger database cannot be used (unreachable, or its driver missing); says why."""
+
+
 class Ledger(Protocol):
     """Durable storage of usage records and gateway keys."""
 
@@ -129,7 +139,7 @@ class Ledger(Protocol):
         """Store a batch; idempotent on record id, so a retried batch never double-counts.
 
         A record's `tags` (comma-joined) are stored in its row and, one row per tag, in
-        `record_tags(record_id, tag)`, which `usage_rows(by="tag")` joins.
+        `record_tags(record_id, tag)`, which `usage_totals(by="tag")` joins.
         """
 
     async def spent_since(self, client: str | None, since: float) -> float:
@@ -139,11 +149,11 @@ class Ledger(Protocol):
         its budget reservation kept (SUM(COALESCE(credits_used, credits_reserved))).
         """
 
-    async def usage_rows(
+    async def usage_totals(
         self, since: float, until: float, by: ReportGroup, client: str | None = None
-    ) -> list[UsageRow]:
-        """The records received in [since, until) (of one client, if given), reduced to what a
-        report adds up."""
+    ) -> list[UsageTotals]:
+        """Per group, the totals of the records received in [since, until) (of one client, if
+        given), summed in SQL."""
 
     async def records(
         self, since: float, client: str | None, limit: int, offset: int

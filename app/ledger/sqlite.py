@@ -21,7 +21,8 @@ from app.clients import ClientSpec
 from app.ledger import sqlite_keys
 from app.ledger.attribution import TAGGED_RECORDS, SqliteAttribution, write_tags
 from app.ledger.migrations import MIGRATIONS
-from app.ledger.protocol import AuditEntry, ReportGroup, StoredKey, UsageRow
+from app.ledger.protocol import AuditEntry, ReportGroup, StoredKey, UsageTotals
+from app.ledger.report_sql import SQLITE_TOTALS, sqlite_totals
 from app.records import COLUMNS, UsageRecord
 
 logger = logging.getLogger("mavera_gateway.ledger")
@@ -174,19 +175,18 @@ class SqliteLedger(SqliteAttribution):
         rows = await asyncio.to_thread(self._read, sql, params)
         return float(rows[0][0])
 
-    async def usage_rows(
+    async def usage_totals(
         self, since: float, until: float, by: ReportGroup, client: str | None = None
-    ) -> list[UsageRow]:
-        """The records received in [since, until) (of one client, if given), reduced to what a
-        report adds up."""
-        sql = (
-            f"SELECT {_GROUP_EXPRESSIONS[by]}, outcome, endpoint, status, credits_used, "
-            "input_tokens, output_tokens, latency_ms "
-            f"FROM {TAGGED_RECORDS if by == 'tag' else 'usage_records'} "
-            "WHERE received_at >= ? AND received_at < ? AND (? IS NULL OR client = ?)"
+    ) -> list[UsageTotals]:
+        """Per group, the totals of the records received in [since, until) (of one client, if
+        given), summed in SQL."""
+        source = TAGGED_RECORDS if by == "tag" else "usage_records"
+        sql = SQLITE_TOTALS.format(
+            group=_GROUP_EXPRESSIONS[by], source=source, client=" AND client = ?" if client else ""
         )
-        rows = await asyncio.to_thread(self._read, sql, (since, until, client, client))
-        return [UsageRow(*row) for row in rows]
+        params = (since, until, client) if client else (since, until)
+        rows = await asyncio.to_thread(self._read, sql, params)
+        return [sqlite_totals(row) for row in rows]
 
     async def records(
         self, since: float, client: str | None, limit: int, offset: int

@@ -17,7 +17,7 @@ from app.ledger.protocol import AuditEntry, KeyExists, StoredKey
 
 logger = logging.getLogger("mavera_gateway.ledger")
 
-_SPEC_COLUMNS = (
+SPEC_COLUMNS = (
     "persona_id",
     "allow_persona_override",
     "credit_budget",
@@ -27,14 +27,15 @@ _SPEC_COLUMNS = (
     "weight",
     "tags",
 )
-KEY_COLUMNS = ", ".join(("name", "key_sha256", *_SPEC_COLUMNS, "created_at", "revoked_at"))
+KEY_COLUMNS = ", ".join(("name", "key_sha256", *SPEC_COLUMNS, "created_at", "revoked_at"))
 _AUDIT_COLUMNS = "id, at, actor, action, client, changes"
 
 
-def _spec_values(spec: ClientSpec) -> tuple[Any, ...]:
+def spec_values(spec: ClientSpec) -> tuple[Any, ...]:
+    """A ClientSpec as the values of its `gateway_keys` columns (both backends store it so)."""
     values = spec.model_dump()
     values["tags"] = orjson.dumps(list(spec.tags)).decode()
-    return tuple(values[column] for column in _SPEC_COLUMNS)
+    return tuple(values[column] for column in SPEC_COLUMNS)
 
 
 def insert_key(db: sqlite3.Connection, key: StoredKey) -> bool:
@@ -47,17 +48,17 @@ def insert_key(db: sqlite3.Connection, key: StoredKey) -> bool:
     db.execute("DELETE FROM gateway_keys WHERE name = ? AND revoked_at IS NOT NULL", (key.name,))
     db.execute(
         f"INSERT INTO gateway_keys ({KEY_COLUMNS}) VALUES ({', '.join('?' * 12)})",
-        (key.name, key.key_sha256, *_spec_values(key.spec), key.created_at, key.revoked_at),
+        (key.name, key.key_sha256, *spec_values(key.spec), key.created_at, key.revoked_at),
     )
     return True
 
 
 def update_key(db: sqlite3.Connection, name: str, spec: ClientSpec) -> StoredKey | None:
     """Replace the settings of the client's active key; the stored key, or None if none."""
-    assignments = ", ".join(f"{column} = ?" for column in _SPEC_COLUMNS)
+    assignments = ", ".join(f"{column} = ?" for column in SPEC_COLUMNS)
     changed = db.execute(
         f"UPDATE gateway_keys SET {assignments} WHERE name = ? AND revoked_at IS NULL",
-        (*_spec_values(spec), name),
+        (*spec_values(spec), name),
     ).rowcount
     if changed <= 0:
         return None
@@ -78,7 +79,7 @@ def revoke_key(db: sqlite3.Connection, name: str, at: float) -> bool:
 def stored_key(row: tuple[Any, ...]) -> StoredKey | None:
     """A `gateway_keys` row as a StoredKey; None (logged) if its settings no longer validate."""
     name, digest, *settings, created, revoked = row
-    values = dict(zip(_SPEC_COLUMNS, settings, strict=True))
+    values = dict(zip(SPEC_COLUMNS, settings, strict=True))
     if values["allow_persona_override"] is not None:
         values["allow_persona_override"] = bool(values["allow_persona_override"])
     # columns added by 0006_audit are NULL in rows stored before it: the ClientSpec defaults
