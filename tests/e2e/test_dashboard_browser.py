@@ -170,12 +170,14 @@ def cells(page: Page, client: str) -> dict[str, str]:
 
 
 def expected_segments(since: float) -> tuple[int, int]:
-    """Bars (UTC days in the period) and segments (client-days with credits) the chart needs."""
-    days = math.floor(NOW / DAY) - math.floor((NOW - since) / DAY) + 1
+    """Bars (UTC days in the period) and segments (client-days with credits) the chart needs,
+    as of now: the page has just counted its days the same way."""
+    now = time.time()
+    days = math.floor(now / DAY) - math.floor((now - since) / DAY) + 1
     spent = {
         (math.floor(r.received_at / DAY), r.client)
         for r in SEEDED
-        if r.credits_used and r.received_at >= NOW - since
+        if r.credits_used and r.received_at >= now - since
     }
     return days, len(spent)
 
