@@ -10,10 +10,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 RUN python -m venv /opt/venv
 # Dependencies first, read from pyproject.toml alone: editing the source does not invalidate
-# this layer. The pip cache is a build cache mount, so it never lands in a layer.
+# this layer. The pip cache is a build cache mount, so it never lands in a layer. The extras
+# for replicas (the PostgreSQL ledger, the Redis counters) are in: one image for a sidecar on
+# SQLite and for replicas behind a load balancer (deploy/).
 COPY pyproject.toml ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
+    python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; extra = p['optional-dependencies']; print('\n'.join(p['dependencies'] + extra['postgres'] + extra.get('redis', [])))" > requirements.txt \
     && /opt/venv/bin/pip install --requirement requirements.txt
 COPY README.md ./
 COPY app ./app

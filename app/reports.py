@@ -49,15 +49,21 @@ def parse_time(text: str, now: float | None = None) -> float:
 
 
 async def summarize(
-    ledger: Ledger, *, since: float, until: float | None = None, by: str = "client"
+    ledger: Ledger,
+    *,
+    since: float,
+    until: float | None = None,
+    by: str = "client",
+    client: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Per group: requests, errors, known credits, unknown-credit requests, tokens, p50/p95.
+    """Per group: requests, errors, known credits, unknown-credit requests, tokens, p50/p95;
+    of one client's requests only when `client` is given.
 
     By persona, each row also has the persona's name (`persona_name`, None when not known).
     """
     group = _group(by)
     totals = await ledger.usage_totals(
-        since, until if until is not None else time.time() + 86400, group
+        since, until if until is not None else time.time() + 86400, group, client
     )
     missing = _NONE_SHOWN.get(by, "-")
     rows = sorted((_row(by, row, missing) for row in totals), key=lambda row: str(row[by]))

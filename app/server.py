@@ -22,7 +22,7 @@ from starlette.routing import compile_path
 from starlette.types import Receive, Scope, Send
 
 from app.alerts import Alerts
-from app.api import admin, openai, ops
+from app.api import admin, dashboard, openai, ops
 from app.auth import KeyStore
 from app.config import ConfigError, LimitsSettings, Settings
 from app.errors import GatewayError, error_body
@@ -136,7 +136,7 @@ def create_app(
     )
     app.include_router(ops.router)
     app.include_router(admin.router)
-    app.include_router(admin.dashboard_router)
+    app.include_router(dashboard.dashboard_router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(HTTPException, _http_error)

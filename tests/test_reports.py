@@ -233,6 +233,15 @@ def test_summarize_by_client(filled: LedgerUnderTest) -> None:
     assert type(rows[1]["credits"]) is int  # integers stay integers
 
 
+def test_summarize_one_client_by_day(filled: LedgerUnderTest) -> None:
+    rows = summarize(filled, since=NOW - 2 * DAY, until=NOW + 1, by="day", client="bob")
+    assert [(r["day"], r["requests"], r["credits"]) for r in rows] == [
+        ("2026-11-03", 2, 1),
+        ("2026-11-04", 2, 0),
+    ]
+    assert summarize(filled, since=NOW - 2 * DAY, until=NOW + 1, client="nobody") == []
+
+
 def test_summarize_window_bounds(filled: LedgerUnderTest) -> None:
     rows = summarize(filled, since=NOW - 10 * DAY, until=NOW - 25 * HOUR)
     # `since` is inclusive, `until` exclusive

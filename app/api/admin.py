@@ -7,7 +7,6 @@ import functools
 import hmac
 import time
 from collections.abc import Iterator
-from importlib import resources
 from typing import Annotated, Any
 
 import orjson
@@ -113,11 +112,12 @@ async def usage(
     since: Annotated[str, Query(description="30m, 24h, 7d, 2w or an ISO date")] = "24h",
     until: Annotated[str | None, Query(description="end of the period (default now)")] = None,
     by: Annotated[ReportGroup, Query(description=", ".join(REPORT_GROUPS))] = "client",
+    client: Annotated[str | None, Query(max_length=64, description="only this client")] = None,
 ) -> Response:
-    """GET /admin/usage?since=&until=&by=: grouped totals."""
+    """GET /admin/usage?since=&until=&by=&client=: grouped totals, of one client if named."""
     start = _time(since, "since")
     end = _time(until, "until") if until is not None else None
-    rows = await summarize(gateway.ledger, since=start, until=end, by=by)
+    rows = await summarize(gateway.ledger, since=start, until=end, by=by, client=client)
     report = {"object": "list", "by": by, "since": start, "until": end, "data": rows}
     return _json({**report, "note": footnote(by)})
 
@@ -235,23 +235,6 @@ def _key_errors() -> Iterator[None]:
         raise KeyNotFound(str(exc), param="name") from None
     except key_admin.DeclaredInConfig as exc:
         raise KeyInConfig(str(exc), param="name") from None
-
-
-dashboard_router = APIRouter(tags=["admin"])
-
-
-@dashboard_router.get(
-    "/dashboard",
-    summary="Usage dashboard (asks for the admin key itself)",
-    response_class=Response,
-    responses={200: {"content": {"text/html": {}}}, 404: ERRORS[400]},
-)
-async def dashboard(request: Request) -> Response:
-    """GET /dashboard: a page that shows /admin/usage; it asks for the admin key itself."""
-    if _gateway(request).settings.admin.key is None:
-        raise AdminDisabled("the dashboard is off: set MAVERA_GATEWAY_ADMIN_KEY to enable it")
-    page = resources.files("app").joinpath("static/dashboard.html").read_bytes()
-    return Response(page, media_type="text/html; charset=utf-8")
 
 
 @router.get(

@@ -149,8 +149,11 @@ class Ledger(Protocol):
         its budget reservation kept (SUM(COALESCE(credits_used, credits_reserved))).
         """
 
-    async def usage_totals(self, since: float, until: float, by: ReportGroup) -> list[UsageTotals]:
-        """Per group, the totals of the records received in [since, until), summed in SQL."""
+    async def usage_totals(
+        self, since: float, until: float, by: ReportGroup, client: str | None = None
+    ) -> list[UsageTotals]:
+        """Per group, the totals of the records received in [since, until) (of one client, if
+        given), summed in SQL."""
 
     async def records(
         self, since: float, client: str | None, limit: int, offset: int

@@ -32,7 +32,7 @@ _INTERPOLATE = (
 )
 SQLITE_TOTALS = (
     "WITH base AS (SELECT {group} AS g, * FROM {source} "
-    "WHERE received_at >= ? AND received_at < ?), "
+    "WHERE received_at >= ? AND received_at < ?{client}), "
     f"totals AS (SELECT g, {TOTALS} FROM base GROUP BY g), "
     "ranked AS (SELECT g, latency_ms AS v, COUNT(*) OVER (PARTITION BY g) AS m, "
     "ROW_NUMBER() OVER (PARTITION BY g ORDER BY latency_ms) - 1 AS i "

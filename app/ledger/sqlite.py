@@ -175,11 +175,17 @@ class SqliteLedger(SqliteAttribution):
         rows = await asyncio.to_thread(self._read, sql, params)
         return float(rows[0][0])
 
-    async def usage_totals(self, since: float, until: float, by: ReportGroup) -> list[UsageTotals]:
-        """Per group, the totals of the records received in [since, until), summed in SQL."""
+    async def usage_totals(
+        self, since: float, until: float, by: ReportGroup, client: str | None = None
+    ) -> list[UsageTotals]:
+        """Per group, the totals of the records received in [since, until) (of one client, if
+        given), summed in SQL."""
         source = TAGGED_RECORDS if by == "tag" else "usage_records"
-        sql = SQLITE_TOTALS.format(group=_GROUP_EXPRESSIONS[by], source=source)
-        rows = await asyncio.to_thread(self._read, sql, (since, until))
+        sql = SQLITE_TOTALS.format(
+            group=_GROUP_EXPRESSIONS[by], source=source, client=" AND client = ?" if client else ""
+        )
+        params = (since, until, client) if client else (since, until)
+        rows = await asyncio.to_thread(self._read, sql, params)
         return [sqlite_totals(row) for row in rows]
 
     async def records(

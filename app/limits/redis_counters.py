@@ -40,6 +40,7 @@ from app.limits.redis_queue import RedisFairQueue
 logger = logging.getLogger("mavera_gateway.limits")
 
 PROBE_S = 1.0  # after a failure, requests skip Redis this long before one tries again
+REBUILD_AFTER_S = 1.0  # an outage at least this long has budgets rebuilt when Redis is back
 REBUILD_LOCK_MS = 10_000  # a replica that died rebuilding lets another try after this
 REBUILD_WAIT_S = 2.0  # how long a reservation waits for another replica's rebuild
 # Budget hashes expire this long after their period began: longer than any calendar period
@@ -104,13 +105,13 @@ class RedisCounters:
             self._failed(exc)
             raise SharedUnavailable(self.describe()) from None
         if self.down_since is not None:
-            logger.warning(
-                "Redis at %s answers again after %.1f s; budgets are rebuilt from the ledger",
-                self.url,
-                time.monotonic() - self.down_since,
-            )
+            lasted = time.monotonic() - self.down_since
+            # A rebuild forgets every reservation in flight, on every replica: worth it after an
+            # outage (unsettled holds, spend served unchecked), not after one slow answer.
+            self._stale = lasted >= REBUILD_AFTER_S
+            rebuilt = "; budgets are rebuilt from the ledger" if self._stale else ""
+            logger.warning("Redis at %s answers again after %.1f s%s", self.url, lasted, rebuilt)
             self.down_since = None
-            self._stale = True
         return result
 
     def _failed(self, exc: BaseException) -> None:
@@ -182,8 +183,15 @@ class RedisCounters:
                     raise SharedUnavailable(why) from None
                 finally:
                     self._loading = None
-                await self.call(self.client.set(self.key("epoch"), epoch))
+                # Only where there is none: another replica may have finished a rebuild between
+                # this one's look and its lock, and every replica must count in one epoch.
+                marked = await self.call(self.client.set(self.key("epoch"), epoch, nx=True))
                 await self.call(self.client.delete(lock))
+                if not marked:
+                    found = await self.call(self.client.get(self.key("epoch")))
+                    if found is None:
+                        raise SharedUnavailable(self.describe())
+                    return found
                 logger.info("budgets rebuilt from the ledger in Redis at %s", self.url)
                 return epoch
             deadline = time.monotonic() + REBUILD_WAIT_S
