@@ -176,6 +176,9 @@ class LimitsSettings(_Section):
     gateway_rpm: int | None = Field(None, gt=0, le=1_000_000)
     queue_timeout_ms: int = Field(2000, ge=0, le=600_000)
     redis_url: str | None = None
+    # Every key the gateway keeps in Redis starts with this: deployments sharing one Redis
+    # (or one db) keep apart by prefix.
+    redis_prefix: str = Field("mavera-gateway:", min_length=1, max_length=100)
     on_shared_failure: Literal["fail_closed", "fail_open"] = "fail_closed"
 
     @field_validator("timezone")

@@ -20,6 +20,8 @@ GatewayError                      any error answered by the gateway, not the ups
 │   └── UpstreamEventTooLarge     502 upstream_event_too_large: a stream event over max_event_bytes
 ├── UpstreamBusy                  503 upstream_busy (+ Retry-After): no upstream connection free
 ├── TooManyConnections            503 too_many_connections (+ Retry-After): over max_connections
+├── LimitsUnavailable             503 limits_unavailable (+ Retry-After): the shared counters
+│                                 (Redis) cannot be reached, and on_shared_failure = fail_closed
 ├── UpstreamTimeout               504 upstream_timeout
 ├── ShuttingDown                  503 shutdown: cut by a shutdown past its grace period
 └── InternalError                 500 internal_error: the gateway's own bug (outcome gateway_error)
@@ -183,6 +185,16 @@ class TooManyConnections(GatewayError):
     status = 503
     type = "server_error"
     code = "too_many_connections"
+
+
+class LimitsUnavailable(GatewayError):
+    # Refused at the gateway before anything reached Mavera, so no credits were spent, as a rate
+    # limit refuses: "rejected". Not "gateway_error" (kept for the gateway's own bugs) nor
+    # "upstream_error" (Mavera's); the code and /readyz say it was the shared counters.
+    outcome = "rejected"
+    status = 503
+    type = "server_error"
+    code = "limits_unavailable"
 
 
 class UpstreamTimeout(GatewayError):

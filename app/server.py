@@ -24,11 +24,11 @@ from starlette.types import Receive, Scope, Send
 from app.alerts import Alerts
 from app.api import admin, dashboard, openai, ops
 from app.auth import KeyStore
-from app.config import ConfigError, Settings
+from app.config import ConfigError, LimitsSettings, Settings
 from app.errors import GatewayError, error_body
 from app.ledger.backends import open_ledger
 from app.ledger.writer import LedgerWriter
-from app.limits import Limits
+from app.limits import Counters, Limits, MemoryCounters
 from app.metrics import Metrics
 from app.personas import PersonaNames
 from app.state import Gateway
@@ -144,12 +144,24 @@ def create_app(
     return app
 
 
+def open_counters(settings: LimitsSettings, rebuild: Callable[[], Awaitable[None]]) -> Counters:
+    """The counters `[limits]` asks for: Redis (shared by replicas) with a redis_url, else this
+    process's own. `rebuild` loads every budget from the ledger (Redis restarted empty)."""
+    if not settings.redis_url:
+        return MemoryCounters()
+    try:
+        from app.limits.redis_counters import RedisCounters
+    except ImportError:
+        raise ConfigError(
+            "limits.redis_url is set, but the Redis client is not installed: "
+            "pip install 'mavera-gateway[redis]'"
+        ) from None
+    return RedisCounters(settings.redis_url, settings.redis_prefix, rebuild)
+
+
 async def _start(settings: Settings) -> Gateway:
-    if settings.limits.redis_url:
-        logger.warning(
-            "limits.redis_url is set, but this version keeps rate-limit and budget counters "
-            "in this process: replicas do not share them"
-        )
+    started: list[Gateway] = []
+    counters = open_counters(settings.limits, lambda: started[0].rebuild_budgets())
     ledger = open_ledger(settings.ledger.database_url)
     await ledger.open()
     metrics = Metrics()
@@ -167,7 +179,7 @@ async def _start(settings: Settings) -> Gateway:
         settings=settings,
         upstream=Upstream(settings.upstream),
         keys=KeyStore(settings.clients),
-        limits=Limits(settings.limits),
+        limits=Limits(settings.limits, counters),
         writer=writer,
         metrics=metrics,
         ledger=ledger,
@@ -176,6 +188,7 @@ async def _start(settings: Settings) -> Gateway:
     )
     if settings.upstream.persona_names_at_start:
         gateway.persona_names.refresh(gateway.upstream)
+    started.append(gateway)
     metrics.track_queue(writer.depth)
     metrics.track_in_flight(lambda: gateway.in_flight)
     await gateway.reload_keys()  # seeds the budgets (and the alerts' thresholds) too

@@ -27,6 +27,7 @@ def effective_config_toml(settings: Settings) -> str:
         data[section][key] = MASK if data[section][key] is not None else None
     data["upstream"]["proxy_url"] = masked_url(data["upstream"]["proxy_url"])
     data["ledger"]["database_url"] = masked_url(data["ledger"]["database_url"])
+    data["limits"]["redis_url"] = masked_url(data["limits"]["redis_url"])
     lines: list[str] = []
     for name, section in data.items():
         if name in ("models", "routes", "clients"):

@@ -101,6 +101,11 @@ class Gateway:
         self.keys.replace_stored(await self.ledger.keys(include_revoked=False))
         await self.seed_budgets()
 
+    async def rebuild_budgets(self) -> None:
+        """Load every budget afresh from the ledger (shared counters that restarted empty)."""
+        self.limits.seeded.clear()
+        await self.seed_budgets()
+
     async def seed_budgets(self) -> None:
         """Start each budget not yet counted (each client's, the gateway's) from the ledger.
 

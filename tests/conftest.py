@@ -339,3 +339,35 @@ def make_gateway(simulator: tuple[Simulator, str], tmp_path: Path) -> Iterator[G
 def gateway(make_gateway: GatewayFactory) -> RunningGateway:
     """A gateway with default settings: local mode, one default persona."""
     return make_gateway()
+
+
+REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def redis_or_skip() -> None:
+    """Skip (or, with GATEWAY_REQUIRE_SERVICES=1, fail) when the test Redis is not there."""
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except (redis.RedisError, OSError) as exc:
+        message = f"Redis at {REDIS_URL} is not reachable ({exc}); set GATEWAY_TEST_REDIS_URL"
+        if os.environ.get("GATEWAY_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"{message} (GATEWAY_REQUIRE_SERVICES=1, so this is a failure)")
+        pytest.skip(message)
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A key prefix of the test's own in the shared test Redis (other sessions' tests may use
+    the same server and db), with every key under it deleted afterwards."""
+    import redis
+
+    redis_or_skip()
+    prefix = f"mgw-test-{secrets.token_hex(6)}:"
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=prefix + "*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()

@@ -33,6 +33,7 @@ class GatewayProcess:
     env: dict[str, str]
     log_path: Path
     port: int = 0
+    module: str = "app"  # what `python -m` runs (tests.gateway_main: short limit windows)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -42,7 +43,7 @@ class GatewayProcess:
     def start(self) -> GatewayProcess:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app", *self.args],
+                [sys.executable, "-m", self.module, *self.args],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,

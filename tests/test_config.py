@@ -357,6 +357,13 @@ def test_view_masks_the_database_password(monkeypatch: pytest.MonkeyPatch) -> No
     assert tomllib.loads(out)["ledger"]["database_url"] == f"postgresql://gw:{MASK}@db:5432/usage"
 
 
+def test_view_masks_the_redis_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAVERA_GATEWAY_REDIS_URL", "redis://:rd-s3cret@cache:6379/2")
+    out = effective_config_toml(load_settings())
+    assert "rd-s3cret" not in out
+    assert tomllib.loads(out)["limits"]["redis_url"] == f"redis://:{MASK}@cache:6379/2"
+
+
 def test_view_says_unset_secrets_are_unset() -> None:
     out = effective_config_toml(Settings())
     parsed = tomllib.loads(out)

@@ -365,3 +365,17 @@ def test_fair_queue_times_out_and_a_leaver_leaves_the_queue() -> None:
         await queue.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_place_refreshed_by_its_heartbeat_outlives_its_ttl_and_lapses_without() -> None:
+    clock = Clock(1000.0)
+    counters = MemoryCounters(clock)
+    kept = run(counters.acquire_slot("client:a", 2, 30.0))
+    dropped = run(counters.acquire_slot("client:a", 2, 30.0))
+    assert kept is not None and dropped is not None
+    for _ in range(3):
+        clock.advance(20.0)  # 60 s in all: twice the TTL
+        run(counters.refresh_slots([kept], 30.0))  # type: ignore[list-item]
+    assert run(counters.slots_held("client:a")) == 1  # the other lapsed: nobody refreshed it
+    clock.advance(31.0)
+    assert run(counters.slots_held("client:a")) == 0

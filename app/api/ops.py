@@ -28,16 +28,23 @@ async def healthz(request: Request) -> Response:
 
 @router.get(
     "/readyz",
-    summary="Ready to serve: the ledger answers and its writer keeps up",
+    summary="Ready to serve: the ledger answers, its writer keeps up, shared limits answer",
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "not ready; `problems` says why"}},
 )
 async def readyz(request: Request) -> Response:
-    """Ready to serve: the ledger answers and its writer keeps up."""
+    """Ready to serve: the ledger answers, its writer keeps up, and the shared limits (Redis)
+    answer; under `on_shared_failure = fail_open` a Redis outage only shows as `degraded`."""
     gateway: Gateway = request.app.state.gateway
     problems = [] if await gateway.ledger.ping() else ["ledger database unreachable"]
     problems += gateway.writer.problems()
-    body = {"status": "not ready" if problems else "ready", "problems": problems}
+    limits, degraded = await gateway.limits.readiness()
+    problems += limits
+    body = {
+        "status": "not ready" if problems else "ready",
+        "problems": problems,
+        "degraded": degraded,
+    }
     return Response(orjson.dumps(body), 503 if problems else 200, media_type="application/json")
 
 

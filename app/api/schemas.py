@@ -100,6 +100,8 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready", "not ready"]
     problems: list[str]
+    # what works less well while ready: shared limits out of reach under fail_open
+    degraded: list[str] = []
 
 
 class NewKey(ClientSpec):

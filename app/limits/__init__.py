@@ -1,7 +1,10 @@
-"""Budgets and rate limits behind one counter interface (in-process now; Redis later).
+"""Budgets and rate limits behind one counter interface: in this process, or in Redis.
 
 - `counters`: the Counters protocol (atomic reserve/settle, sliding windows, slots) and
   MemoryCounters, its in-process implementation.
+- `redis_counters`, `redis_lua`, `redis_queue`: RedisCounters, shared by every replica (one Lua
+  script per operation), and the gateway_rpm fair queue shared through Redis; imported only
+  when `[limits] redis_url` is set (the `[redis]` extra).
 - `periods`: calendar budget periods in the configured time zone.
 - `admission`: Limits, which admits or refuses each request and settles what it held.
 - `queue`: FairQueue, the gateway-wide rate shared by weighted round robin across clients.

@@ -7,11 +7,18 @@ and the gateway-wide one, and the `x-ratelimit-*` headers for its answer. `Limit
 settles all of it when the request's record closes: each reservation becomes the credits Mavera
 reported, stays whole when Mavera may have charged without saying how much (marked in the
 record as `credits_reserved`), and is released when nothing reached Mavera.
+
+Concurrency places lapse `SLOT_TTL_S` after their last heartbeat: one task per gateway refreshes
+every place its requests hold each `HEARTBEAT_S`, so a replica that dies gives its places back
+within the TTL. When shared counters (Redis) cannot be used, `[limits] on_shared_failure` says
+what a request that needs them gets: `fail_closed` a 503 limits_unavailable, `fail_open` served
+without them (the ledger still records it; budgets are rebuilt from it when Redis is back).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -21,18 +28,19 @@ from zoneinfo import ZoneInfo
 
 from app.clients import Client
 from app.config import LimitsSettings
-from app.errors import BudgetExceeded, RateLimited
+from app.errors import BudgetExceeded, LimitsUnavailable, RateLimited
 from app.limits.counters import (
     Counters,
     MemoryCounters,
     Reservation,
+    SharedUnavailable,
     Slot,
     WindowVerdict,
     reset_duration,
     whole_seconds,
 )
 from app.limits.periods import iso, period_end, period_start
-from app.limits.queue import FairQueue, QueueTimeout
+from app.limits.queue import QueueTimeout, gateway_queue
 from app.records import UsageRecord, cost_unknown
 
 logger = logging.getLogger("mavera_gateway.limits")
@@ -41,7 +49,8 @@ WINDOW_S = 60.0  # rpm windows, as Mavera counts them
 # The shared window counts each request this much longer than Mavera will: the request reaches
 # Mavera a moment after the gateway counted it, and that moment varies.
 SHARED_MARGIN_S = 0.5
-SLOT_TTL_S = 3600.0  # a concurrency place lapses if never released (a replica that died)
+SLOT_TTL_S = 30.0  # a concurrency place lapses this long after its holder's last heartbeat
+HEARTBEAT_S = 10.0  # how often a gateway refreshes the places its requests hold
 GATEWAY = "gateway"
 
 SpendHook = Callable[[str, float, float, str, float], None]
@@ -98,7 +107,7 @@ class Limits:
         self.window_s = WINDOW_S
         self.on_spend: SpendHook | None = None
         self.queue = (
-            FairQueue(self.counters, settings.gateway_rpm, WINDOW_S + SHARED_MARGIN_S)
+            gateway_queue(self.counters, settings.gateway_rpm, WINDOW_S + SHARED_MARGIN_S)
             if settings.gateway_rpm is not None
             else None
         )
@@ -107,6 +116,7 @@ class Limits:
         self._admitted: dict[str, Admission] = {}  # record id -> what it holds
         self._pending: deque[tuple[Admission, float | None, bool]] = deque()  # to settle
         self._settler: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
         self._periods: dict[str, tuple[float, float | None]] = {}  # kind -> current bounds
 
     def period_of(self, period: str) -> tuple[float, float | None]:
@@ -122,10 +132,27 @@ class Limits:
     async def admit(
         self, client: Client, record: UsageRecord, guard: Guard | None = None
     ) -> Admission:
-        """Let the request through holding its limits, or raise BudgetExceeded / RateLimited.
+        """Let the request through holding its limits, or raise BudgetExceeded / RateLimited
+        (or LimitsUnavailable: shared counters out of reach, and `fail_closed`).
 
         `guard` wraps a wait in the shared queue, so that it ends when the client hangs up.
         """
+        try:
+            admission = await self._admit(client, guard)
+        except SharedUnavailable as exc:
+            if self.settings.on_shared_failure == "fail_closed":
+                raise LimitsUnavailable(
+                    f"the gateway cannot check client {client.name!r}'s budget and rate limits "
+                    f"right now ({exc}); it refuses such requests until it can "
+                    "(on_shared_failure = fail_closed)",
+                    headers={"retry-after": "1"},
+                ) from None
+            admission = Admission(client.name)  # fail_open: served, and recorded as ever
+        self._admitted[record.id] = admission
+        self.in_flight[client.name] = self.in_flight.get(client.name, 0) + 1
+        return admission
+
+    async def _admit(self, client: Client, guard: Guard | None) -> Admission:
         spec = client.spec
         admission = Admission(client.name)
         if spec.rpm is not None:
@@ -145,8 +172,6 @@ class Limits:
         except BaseException:
             await self._release(admission)
             raise
-        self._admitted[record.id] = admission
-        self.in_flight[client.name] = self.in_flight.get(client.name, 0) + 1
         return admission
 
     async def _take(self, client: Client, admission: Admission, guard: Guard | None) -> None:
@@ -155,6 +180,8 @@ class Limits:
             admission.slot = await self.counters.acquire_slot(
                 client_key(client.name), spec.max_concurrent, SLOT_TTL_S
             )
+            if self._heartbeat is None or self._heartbeat.done():
+                self._heartbeat = asyncio.ensure_future(self._beat())
             if admission.slot is None:
                 raise RateLimited(
                     f"client {client.name!r} already has {spec.max_concurrent} requests in "
@@ -206,10 +233,25 @@ class Limits:
         )
 
     async def _release(self, admission: Admission) -> None:
-        for hold in admission.holds:
-            await self.counters.settle(hold.reservation, 0.0)
-        if admission.slot is not None:
-            await self.counters.release_slot(admission.slot)
+        with contextlib.suppress(SharedUnavailable):  # unreachable: rebuilt, or lapses, later
+            for hold in admission.holds:
+                await self.counters.settle(hold.reservation, 0.0)
+            if admission.slot is not None:
+                await self.counters.release_slot(admission.slot)
+
+    async def _beat(self) -> None:
+        """Refresh the places held by this gateway's requests while any are held."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            slots = [a.slot for a in self._admitted.values() if a.slot is not None]
+            if not slots:
+                return
+            try:
+                await self.counters.refresh_slots(slots, SLOT_TTL_S)
+            except SharedUnavailable:
+                pass  # logged once per outage by the counters; the next beat tries again
+            except Exception:
+                logger.exception("could not refresh %d concurrency places", len(slots))
 
     def finish(self, record: UsageRecord) -> None:
         """Settle what the record's request held (called once, as its record closes)."""
@@ -243,12 +285,32 @@ class Limits:
                     self.on_spend(
                         hold.subject, state.spent, hold.budget, hold.period, reservation.period_id
                     )
+        except SharedUnavailable:
+            pass  # logged once per outage; budgets are rebuilt from the ledger, slots lapse
         except Exception:  # counters that fail must not take the request's task with them
             logger.exception("could not settle the limits of a request of %s", admission.client)
 
+    async def readiness(self) -> tuple[list[str], list[str]]:
+        """/readyz's (problems, degraded) from the shared counters: an outage is a problem
+        with `fail_closed` (limited clients are refused), only degraded with `fail_open`."""
+        trouble = await self.counters.health()
+        if trouble is None:
+            return [], []
+        mode = self.settings.on_shared_failure
+        if mode == "fail_closed":
+            effect = "requests that need a budget or rate-limit check get 503 limits_unavailable"
+            return [f"limits: {trouble}; on_shared_failure = {mode}: {effect}"], []
+        effect = "requests are served without shared limits and recorded in the ledger"
+        return [], [f"limits: {trouble}; on_shared_failure = {mode}: {effect}"]
+
     async def drain(self) -> None:
-        """Wait for settlements under way (at shutdown), then stop the shared queue."""
+        """Wait for settlements under way (at shutdown), then stop the queue and heartbeat."""
         if self._settler is not None:
             await asyncio.gather(self._settler, return_exceptions=True)
         if self.queue is not None:
             await self.queue.aclose()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        await self.counters.aclose()

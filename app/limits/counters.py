@@ -12,9 +12,13 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+
+class SharedUnavailable(Exception):
+    """The shared counters cannot be used right now (unreachable, or being rebuilt)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +110,13 @@ class Counters(Protocol):
     async def acquire_slot(self, key: str, limit: int, ttl_s: float) -> Slot | None:
         """Take one of `limit` places of `key`, or None when all are taken.
 
-        A slot not released within `ttl_s` (a replica that died holding it) lapses.
+        A slot neither released nor refreshed within `ttl_s` (a replica that died holding it)
+        lapses.
         """
+        ...
+
+    async def refresh_slots(self, slots: Sequence[Slot], ttl_s: float) -> None:
+        """Heartbeat: each slot still held now lapses `ttl_s` from now instead."""
         ...
 
     async def release_slot(self, slot: Slot) -> None:
@@ -116,6 +125,14 @@ class Counters(Protocol):
 
     async def slots_held(self, key: str) -> int:
         """How many places of `key` are held right now."""
+        ...
+
+    async def health(self) -> str | None:
+        """None while the counters can be used, else why not (for /readyz)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Let go of connections (at shutdown)."""
         ...
 
 
@@ -212,6 +229,14 @@ class MemoryCounters:
         held[self._tokens] = self._clock() + ttl_s
         return Slot(key, self._tokens)
 
+    async def refresh_slots(self, slots: Sequence[Slot], ttl_s: float) -> None:
+        """See Counters.refresh_slots."""
+        lapses = self._clock() + ttl_s
+        for slot in slots:
+            held = self._held(slot.key)
+            if slot.token in held:
+                held[slot.token] = lapses
+
     async def release_slot(self, slot: Slot) -> None:
         """See Counters.release_slot."""
         self._slots.get(slot.key, {}).pop(slot.token, None)
@@ -219,6 +244,13 @@ class MemoryCounters:
     async def slots_held(self, key: str) -> int:
         """See Counters.slots_held."""
         return len(self._held(key))
+
+    async def health(self) -> str | None:
+        """See Counters.health: in-process counters are always there."""
+        return None
+
+    async def aclose(self) -> None:
+        """See Counters.aclose: nothing to let go of."""
 
 
 def whole_seconds(seconds: float) -> int:

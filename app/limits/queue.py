@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Protocol, runtime_checkable
 
 from app.limits.counters import Counters, WindowVerdict
 
@@ -135,3 +136,44 @@ class FairQueue:
             self._dispatcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._dispatcher
+
+
+class GatewayQueue(Protocol):
+    """What admission needs of the gateway-wide rate's queue (in-process or shared)."""
+
+    limit: int
+
+    def waiting(self) -> int:
+        """How many requests of this replica are waiting right now."""
+        ...
+
+    async def admit(
+        self,
+        client: str,
+        weight: int,
+        timeout_s: float,
+        guard: Callable[[Awaitable[None]], Awaitable[None]] | None = None,
+    ) -> None:
+        """Return once the request may go upstream; raise QueueTimeout after `timeout_s`;
+        `guard` wraps a wait (it may end it, when the client hangs up)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop what runs in the background (at shutdown)."""
+        ...
+
+
+@runtime_checkable
+class SharedQueues(Protocol):
+    """Counters shared by replicas that bring a fair queue shared by them too (Redis)."""
+
+    def fair_queue(self, limit: int, window_s: float) -> GatewayQueue:
+        """The gateway-wide rate's queue, one for every replica."""
+        ...
+
+
+def gateway_queue(counters: Counters, limit: int, window_s: float) -> GatewayQueue:
+    """The queue for `[limits] gateway_rpm`: the counters' shared one, else this process's."""
+    if isinstance(counters, SharedQueues):
+        return counters.fair_queue(limit, window_s)
+    return FairQueue(counters, limit, window_s)

@@ -6,8 +6,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from app.clients import Client
-from app.errors import GatewayError
+from app.errors import GatewayError, LimitsUnavailable
 from app.limits.admission import GATEWAY, Limits, client_key, rate_headers
+from app.limits.counters import SharedUnavailable
 from app.limits.periods import iso
 
 SpentSince = Callable[[float], Awaitable[float]]
@@ -21,6 +22,7 @@ async def seed_budget(
 
     Once per subject and period kind (later figures come from settlements, not the ledger):
     returns the figure when it was read now, None when the budget was seeded before.
+    Shared counters out of reach are seeded later: they rebuild every budget when back.
     """
     seen = limits.seeded
     if (subject, period) in seen:
@@ -28,7 +30,10 @@ async def seed_budget(
     began, _ = limits.period_of(period)
     spent = await spent_since(began)
     key = GATEWAY if subject == GATEWAY else client_key(subject)
-    await limits.counters.load(key, began, spent)
+    try:
+        await limits.counters.load(key, began, spent)
+    except SharedUnavailable:
+        return None
     seen.add((subject, period))
     return spent
 
@@ -38,7 +43,10 @@ async def current_headers(limits: Limits, client: Client) -> dict[str, str]:
     rpm = client.spec.rpm
     if rpm is None:
         return {}
-    verdict = await limits.counters.window_peek(client_key(client.name), rpm, limits.window_s)
+    try:
+        verdict = await limits.counters.window_peek(client_key(client.name), rpm, limits.window_s)
+    except SharedUnavailable:
+        return {}  # the shared counters are out of reach: the answer goes without them
     return rate_headers(verdict)
 
 
@@ -64,7 +72,10 @@ async def spend_report(limits: Limits, client: Client, spent_since: SpentSince) 
         spent, reserved = await spent_since(began), 0.0
         remaining = None
     else:
-        state = await limits.counters.budget(client_key(client.name), began)
+        try:
+            state = await limits.counters.budget(client_key(client.name), began)
+        except SharedUnavailable as exc:
+            raise LimitsUnavailable(f"the live budget counters cannot be read: {exc}") from None
         spent, reserved = state.spent, state.reserved
         remaining = max(0.0, budget - spent - reserved)
     total = spec.budget_period == "total"
