@@ -1,4 +1,4 @@
-"""Podman for tests/test_container.py: build the Dockerfile into an image and run containers of
+"""Podman for tests/containers/: build the Dockerfile into an image and run containers of
 it on the host network, each named uniquely and removed again, with its logs kept for checks.
 
 The flags are what works on this project's machines (cgroups v1 hybrid, no systemd) and on
