@@ -218,7 +218,7 @@ class CpuShares:
         return {name: round(seconds / wall, 3) for name, seconds in used.items()}
 
 
-def settle(pids: list[int], limit_s: float = 5.0) -> tuple[float, float]:
+def settle(pids: list[int], limit_s: float = 10.0) -> tuple[float, float]:
     """Wait until the processes go quiet; the CPU seconds they used meanwhile, and the wait.
 
     A gateway defers work past its last answer (the ledger writer's backlog, settlements):
