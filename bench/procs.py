@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -181,18 +181,22 @@ def reset_peak_rss(pids: Iterable[int]) -> None:
             pass
 
 
-SERVICES = (b"postgres", b"redis-server")  # their CPU is the benchmark's when a gateway uses them
+def service_pids() -> dict[str, list[int]]:
+    """PostgreSQL's and Redis's processes on this machine, found by command name.
 
-
-def service_pids() -> list[int]:
-    """PostgreSQL's and Redis's processes on this machine, found by command name."""
-    found = []
+    Their CPU is the benchmark's when a gateway uses them (and any other session's too).
+    """
+    found: dict[str, list[int]] = {"postgres": [], "redis": []}
+    names = {b"postgres": "postgres", b"redis-server": "redis"}
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and (entry / "comm").read_bytes().strip() in SERVICES:
-                found.append(int(entry.name))
+            name = (
+                names.get((entry / "comm").read_bytes().strip()) if entry.name.isdigit() else None
+            )
         except OSError:
             continue
+        if name is not None:
+            found[name].append(int(entry.name))
     return found
 
 
@@ -203,8 +207,15 @@ class CpuShares:
     own client); `others` is the rest of the machine's busy time (other sessions, interrupts).
     """
 
-    def __init__(self, groups: Mapping[str, Iterable[int]]) -> None:
+    def __init__(
+        self,
+        groups: Mapping[str, Iterable[int]],
+        rescan: Callable[[], Mapping[str, list[int]]] | None = None,
+    ) -> None:
+        """`rescan` lists some groups again at the end: a process new since then (a PostgreSQL
+        backend for a new connection) counts with all its CPU time."""
         self.groups = {name: list(pids) for name, pids in groups.items()}
+        self.rescan = rescan
         self.before = {name: cpu_seconds(pids) for name, pids in self.groups.items()}
         self.own, self.busy = own_cpu_seconds(), machine_busy_seconds()
         self.started = time.perf_counter()
@@ -213,6 +224,9 @@ class CpuShares:
         """Cores used by each group, `load` and `others` (1.0 = one core for the whole time)."""
         wall = max(time.perf_counter() - self.started, 1e-9)
         used = {name: cpu_seconds(pids) - self.before[name] for name, pids in self.groups.items()}
+        for name, pids in (self.rescan() if self.rescan else {}).items():
+            known = set(self.groups.get(name, ()))
+            used[name] = used.get(name, 0.0) + cpu_seconds(p for p in pids if p not in known)
         used["load"] = own_cpu_seconds() - self.own
         used["others"] = max(0.0, machine_busy_seconds() - self.busy - sum(used.values()))
         return {name: round(seconds / wall, 3) for name, seconds in used.items()}

@@ -134,12 +134,13 @@ def throughput(
 
     `upstream` and `idle` are the pids of the benchmark's other processes (the fake upstream,
     targets not under load): with them, `cpu_share` says how the cores were shared (target,
-    upstream, PostgreSQL and Redis, wrk) and `foreign_cpu_pct` is the CPU the machine spent on
+    upstream, PostgreSQL, Redis, wrk) and `foreign_cpu_pct` is the CPU the machine spent on
     anything else meanwhile (% of a core).
     """
     pids = target.pids()
     meter = procs.CpuShares(
-        {"target": pids, "upstream": upstream, "services": procs.service_pids(), "idle": idle}
+        {"target": pids, "upstream": upstream, **procs.service_pids(), "idle": idle},
+        procs.service_pids,
     )
     result = run_wrk(
         target.url(ENDPOINTS[CHAT]),
@@ -206,7 +207,7 @@ async def streams(
     procs.reset_peak_rss(pids)
     cpu_before = procs.cpu_seconds(pids)
     meter = procs.CpuShares(
-        {"target": pids, "upstream": upstream, "services": procs.service_pids()}
+        {"target": pids, "upstream": upstream, **procs.service_pids()}, procs.service_pids
     )
     started = time.perf_counter()
     tasks = [asyncio.ensure_future(c.exchange(request)) for c in connections]

@@ -18,7 +18,8 @@ _COLUMNS = (
     ("target", "target"),
     ("load", "load generator (wrk; streams: the harness)"),
     ("upstream", "fake upstream"),
-    ("services", "PostgreSQL + Redis"),
+    ("postgres", "PostgreSQL"),
+    ("redis", "Redis"),
     ("idle", "other target, idle"),
     ("others", "outside the benchmark"),
 )
