@@ -63,7 +63,14 @@ class Slot:
 
 
 class Counters(Protocol):
-    """Budget, sliding-window and concurrency counters; each call is atomic on its own."""
+    """Budget, sliding-window and concurrency counters; each call is atomic on its own.
+
+    `shared` is True for counters kept outside the process (Redis): calls made at the same
+    moment then cost one round trip, so admission makes its independent calls together. In
+    process a call costs next to nothing, and admission makes them one after another.
+    """
+
+    shared: bool
 
     async def reserve(
         self, key: str, period_id: float, amount: float, limit: float
@@ -138,6 +145,8 @@ class Counters(Protocol):
 
 class MemoryCounters:
     """Counters in this process: exact, and shared by nobody else (one replica)."""
+
+    shared = False
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
