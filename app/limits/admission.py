@@ -13,6 +13,9 @@ every place its requests hold each `HEARTBEAT_S`, so a replica that dies gives i
 within the TTL. When shared counters (Redis) cannot be used, `[limits] on_shared_failure` says
 what a request that needs them gets: `fail_closed` a 503 limits_unavailable, `fail_open` served
 without them (the ledger still records it; budgets are rebuilt from it when Redis is back).
+
+With shared counters a request's checks are made at once (one round trip to Redis), and so are
+its settlements; the answer is the one the checks made in turn would give.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 from app.clients import Client
@@ -36,6 +38,7 @@ from app.limits.counters import (
     SharedUnavailable,
     Slot,
     WindowVerdict,
+    each,
 )
 from app.limits.holds import GATEWAY, Admission, Hold, client_key, rate_headers
 from app.limits.periods import period_end, period_start
@@ -60,7 +63,6 @@ HEARTBEAT_S = 10.0  # how often a gateway refreshes the places its requests hold
 
 SpendHook = Callable[[str, float, float, str, float], None]
 Guard = Callable[[Awaitable[None]], Awaitable[None]]
-T = TypeVar("T")
 
 
 class Limits:
@@ -152,7 +154,7 @@ class Limits:
         if spec.max_concurrent is not None:
             calls.append(self.counters.acquire_slot(key, spec.max_concurrent, SLOT_TTL_S))
         calls.extend(self._reserve(*budget) for budget in budgets)
-        answers = await self._each(calls)  # in process: one after another, nothing between
+        answers = await each(self.counters, calls)  # in process: one after another, nothing between
         refusals: list[object] = []  # each check's failure or refusal (None: passed), in order
         if spec.rpm is not None:
             window = answers.pop(0)
@@ -197,21 +199,9 @@ class Limits:
         ]
         if admission.slot is not None:
             calls.append(self.counters.release_slot(admission.slot))
-        for failed in await self._each(calls):  # unreachable: rebuilt, or lapses, later
+        for failed in await each(self.counters, calls):  # unreachable: rebuilt, or lapses, later
             if isinstance(failed, Exception) and not isinstance(failed, SharedUnavailable):
                 raise failed
-
-    async def _each(self, calls: list[Awaitable[T]]) -> list[T | BaseException]:
-        """Every call's answer or failure: at once with shared counters, else one by one."""
-        if self.counters.shared:
-            return await asyncio.gather(*calls, return_exceptions=True)
-        answers: list[T | BaseException] = []
-        for call in calls:
-            try:
-                answers.append(await call)
-            except Exception as exc:
-                answers.append(exc)
-        return answers
 
     async def _beat(self) -> None:
         """Refresh the places held by this gateway's requests while any are held."""
@@ -262,15 +252,14 @@ class Limits:
         if admission.slot is not None:
             calls.append(self.counters.release_slot(admission.slot))
         try:
-            answers = await self._each(calls)
+            answers = await each(self.counters, calls)
             for hold, answer in zip(holds, answers, strict=False):
                 if isinstance(answer, BudgetState) and self.on_spend is not None:
                     period_id = hold.reservation.period_id
                     self.on_spend(hold.subject, answer.spent, hold.budget, hold.period, period_id)
-            failed = [a for a in answers if isinstance(a, Exception)]
-            # unreachable counters: budgets are rebuilt from the ledger, slots lapse
-            if any(not isinstance(a, SharedUnavailable) for a in failed):
-                raise failed[0]
+            for failed in answers:  # unreachable counters: budgets are rebuilt, slots lapse
+                if isinstance(failed, Exception) and not isinstance(failed, SharedUnavailable):
+                    raise failed
         except Exception:  # counters that fail must not take the request's task with them
             logger.exception("could not settle the limits of a request of %s", admission.client)
 

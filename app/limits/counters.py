@@ -9,12 +9,15 @@ the calendar period, so a new period starts from zero without anyone resetting i
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class SharedUnavailable(Exception):
@@ -260,6 +263,20 @@ class MemoryCounters:
 
     async def aclose(self) -> None:
         """See Counters.aclose: nothing to let go of."""
+
+
+async def each(counters: Counters, calls: Sequence[Awaitable[T]]) -> list[T | BaseException]:
+    """Every call's answer or failure, in order: made at once with `shared` counters (one
+    round trip), else one after another (a task each would cost more than it saves)."""
+    if counters.shared:
+        return await asyncio.gather(*calls, return_exceptions=True)
+    answers: list[T | BaseException] = []
+    for call in calls:
+        try:
+            answers.append(await call)
+        except Exception as exc:
+            answers.append(exc)
+    return answers
 
 
 def whole_seconds(seconds: float) -> int:
