@@ -18,7 +18,8 @@ from app.errors import RouteNotFound
 from app.ledger.protocol import Ledger
 from app.ledger.writer import LedgerWriter
 from app.limits import Limits
-from app.limits.admission import GATEWAY, SpendHook
+from app.limits.admission import SpendHook
+from app.limits.holds import GATEWAY
 from app.limits.spend import seed_budget
 from app.metrics import Metrics
 from app.personas import PersonaNames

@@ -49,7 +49,7 @@ _OVERRIDES: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--instances", int, "fresh starts of each target; latency and wrk rounds pooled"),
     ("--baseline-durability", str, f"[ledger] durability of {BASELINE} (batched or strict)"),
     ("--ledger", choice(LEDGERS), "gateway's ledger: a new SQLite file or PostgreSQL database"),
-    ("--counters", choice(COUNTERS), "where gateway keeps budgets and rate limits"),
+    ("--counters", choice(COUNTERS), "where gateway counts limits (None: as the env says)"),
     ("--workers", int, "gateway's `serve --workers`"),
     ("--baseline-ledger", choice(LEDGERS), f"{BASELINE}'s ledger"),
     ("--baseline-counters", choice(COUNTERS), f"{BASELINE}'s counters"),

@@ -20,7 +20,7 @@ from bench.targets import GATEWAY_KEY, PERSONA_ID, Target, gateway_command, laun
 # Not passed to a gateway: a build that honours proxies and one that does not must both reach the
 # fake upstream directly, or the comparison measures the proxy.
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-# Where the counters live comes from the setup alone, never from the harness's environment.
+# With --counters given, where the counters live comes from it, not from the environment.
 _SETUP_VARIABLES = ("MAVERA_GATEWAY_REDIS_URL", "MAVERA_GATEWAY_LIMITS__REDIS_PREFIX")
 
 # `--limits`: both gateways serve one keyed client; `gateway` also counts every limit there is,
@@ -74,10 +74,11 @@ def start_gateway(
     config = workdir / f"{name}.toml"
     config.write_text(_config(target, durability, client))
     database = workdir / f"ledger-{time.time_ns()}.db"  # a new ledger per start: worst case
+    dropped = _SETUP_VARIABLES if setup.counters is not None else ()
     env = {
         k: v
         for k, v in os.environ.items()
-        if k.lower() not in _PROXY_VARIABLES and k not in _SETUP_VARIABLES
+        if k.lower() not in _PROXY_VARIABLES and k not in dropped
     }
     env |= {
         "MAVERA_BASE_URL": f"http://127.0.0.1:{upstream.port}/api/v1",

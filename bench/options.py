@@ -42,10 +42,10 @@ class Options:
     baseline_limits: bool = False  # BASELINE counts every limit too (compare setups, not limits)
     # each side's ledger backend, counters and workers (`bench.setups`)
     ledger: str = "sqlite"
-    counters: str = "memory"
+    counters: str | None = None  # None: as the environment says
     workers: int = 1
     baseline_ledger: str = "sqlite"
-    baseline_counters: str = "memory"
+    baseline_counters: str | None = None
     baseline_workers: int = 1
     postgres_url: str = POSTGRES_URL
     redis_url: str = REDIS_URL

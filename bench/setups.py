@@ -4,7 +4,9 @@
 `--postgres-url` and dropped when the start ends (the empty ledger of the SQLite runs' new
 file). `--counters redis` gives every start a key prefix of its own in the Redis of
 `--redis-url`, and deletes the keys under it when the start ends: nothing else in that Redis
-is touched. `--workers N` is `serve --workers N`.
+is touched. `--counters memory` keeps them in the process whatever the environment says;
+without `--counters` the gateway inherits `MAVERA_GATEWAY_REDIS_URL` if the harness has it.
+`--workers N` is `serve --workers N`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class Setup:
     """What differs between two gateways run side by side on the same code."""
 
     ledger: str = "sqlite"
-    counters: str = "memory"
+    counters: str | None = None  # None: as the environment says (MAVERA_GATEWAY_REDIS_URL)
     workers: int = 1
     postgres_url: str = POSTGRES_URL
     redis_url: str = REDIS_URL
@@ -33,7 +35,8 @@ class Setup:
     def label(self) -> str:
         """For the report: `postgres + redis, 2 workers`."""
         plural = "s" if self.workers > 1 else ""
-        return f"{self.ledger} + {self.counters}, {self.workers} worker{plural}"
+        counters = self.counters or "counters as the environment says"
+        return f"{self.ledger} + {counters}, {self.workers} worker{plural}"
 
 
 def choice(allowed: tuple[str, ...]) -> Callable[[str], str]:

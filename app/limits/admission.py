@@ -13,6 +13,9 @@ every place its requests hold each `HEARTBEAT_S`, so a replica that dies gives i
 within the TTL. When shared counters (Redis) cannot be used, `[limits] on_shared_failure` says
 what a request that needs them gets: `fail_closed` a 503 limits_unavailable, `fail_open` served
 without them (the ledger still records it; budgets are rebuilt from it when Redis is back).
+
+With shared counters a request's checks are made at once (one round trip to Redis), and so are
+its settlements; the answer is the one the checks made in turn would give.
 """
 
 from __future__ import annotations
@@ -23,24 +26,30 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 from app.clients import Client
 from app.config import LimitsSettings
-from app.errors import BudgetExceeded, LimitsUnavailable, RateLimited
 from app.limits.counters import (
+    BudgetState,
     Counters,
     MemoryCounters,
     Reservation,
     SharedUnavailable,
     Slot,
     WindowVerdict,
-    reset_duration,
-    whole_seconds,
+    each,
 )
-from app.limits.periods import iso, period_end, period_start
+from app.limits.holds import GATEWAY, Admission, Hold, client_key, rate_headers
+from app.limits.periods import period_end, period_start
 from app.limits.queue import QueueTimeout, gateway_queue
+from app.limits.refusals import (
+    over_budget,
+    over_concurrency,
+    over_gateway_rpm,
+    over_rpm,
+    unavailable,
+)
 from app.records import UsageRecord, cost_unknown
 
 logger = logging.getLogger("mavera_gateway.limits")
@@ -51,44 +60,9 @@ WINDOW_S = 60.0  # rpm windows, as Mavera counts them
 SHARED_MARGIN_S = 0.5
 SLOT_TTL_S = 30.0  # a concurrency place lapses this long after its holder's last heartbeat
 HEARTBEAT_S = 10.0  # how often a gateway refreshes the places its requests hold
-GATEWAY = "gateway"
 
 SpendHook = Callable[[str, float, float, str, float], None]
 Guard = Callable[[Awaitable[None]], Awaitable[None]]
-
-
-@dataclass(slots=True)
-class Hold:
-    """One reservation, with the budget it counts against (for messages and alerts)."""
-
-    subject: str  # the client's name, or "gateway"
-    budget: float
-    period: str
-    reservation: Reservation
-
-
-@dataclass(slots=True)
-class Admission:
-    """What one admitted request holds until its record closes."""
-
-    client: str
-    holds: list[Hold] = field(default_factory=list)
-    slot: Slot | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def rate_headers(verdict: WindowVerdict) -> dict[str, str]:
-    """The OpenAI-style `x-ratelimit-*-requests` headers for a client's window."""
-    return {
-        "x-ratelimit-limit-requests": str(verdict.limit),
-        "x-ratelimit-remaining-requests": str(verdict.remaining),
-        "x-ratelimit-reset-requests": reset_duration(verdict.reset_s),
-    }
-
-
-def client_key(name: str) -> str:
-    """The counter key of a client's budget, window and slots."""
-    return f"client:{name}"
 
 
 class Limits:
@@ -141,103 +115,93 @@ class Limits:
             admission = await self._admit(client, guard)
         except SharedUnavailable as exc:
             if self.settings.on_shared_failure == "fail_closed":
-                raise LimitsUnavailable(
-                    f"the gateway cannot check client {client.name!r}'s budget and rate limits "
-                    f"right now ({exc}); it refuses such requests until it can "
-                    "(on_shared_failure = fail_closed)",
-                    headers={"retry-after": "1"},
-                ) from None
+                raise unavailable(client.name, exc) from None
             admission = Admission(client.name)  # fail_open: served, and recorded as ever
         self._admitted[record.id] = admission
         self.in_flight[client.name] = self.in_flight.get(client.name, 0) + 1
         return admission
 
     async def _admit(self, client: Client, guard: Guard | None) -> Admission:
-        spec = client.spec
         admission = Admission(client.name)
-        if spec.rpm is not None:
-            verdict = await self.counters.window_hit(
-                client_key(client.name), spec.rpm, self.window_s
-            )
-            admission.headers = rate_headers(verdict)
-            if not verdict.allowed:
-                wait = whole_seconds(verdict.retry_s)
-                raise RateLimited(
-                    f"client {client.name!r} is over its limit of {spec.rpm} requests per "
-                    f"minute; retry after {wait} s",
-                    headers={"retry-after": str(wait), **admission.headers},
-                )
-        try:
-            await self._take(client, admission, guard)
-        except BaseException:
-            await self._release(admission)
-            raise
-        return admission
-
-    async def _take(self, client: Client, admission: Admission, guard: Guard | None) -> None:
-        spec = client.spec
-        if spec.max_concurrent is not None:
-            admission.slot = await self.counters.acquire_slot(
-                client_key(client.name), spec.max_concurrent, SLOT_TTL_S
-            )
-            if self._heartbeat is None or self._heartbeat.done():
-                self._heartbeat = asyncio.ensure_future(self._beat())
-            if admission.slot is None:
-                raise RateLimited(
-                    f"client {client.name!r} already has {spec.max_concurrent} requests in "
-                    "flight (its max_concurrent); retry when one of them ends",
-                    headers={"retry-after": "1", **admission.headers},
-                )
-        if spec.credit_budget is not None:
-            await self._reserve(client.name, spec.credit_budget, spec.budget_period, admission)
-        gateway_budget = self.settings.gateway_credit_budget
-        if gateway_budget is not None:
-            period = self.settings.gateway_budget_period
-            await self._reserve(GATEWAY, gateway_budget, period, admission)
+        await self._take(client, admission)
         if self.queue is not None:
             try:
                 timeout_s = self.settings.queue_timeout_ms / 1000
-                await self.queue.admit(client.name, spec.weight, timeout_s, guard)
-            except QueueTimeout as exc:
-                wait = whole_seconds(exc.verdict.retry_s)
-                raise RateLimited(
-                    f"the gateway's shared limit of {self.queue.limit} requests per minute "
-                    f"(all clients together, the Mavera key's own limit) is reached; retry "
-                    f"after {wait} s",
-                    headers={"retry-after": str(wait), **admission.headers},
-                ) from None
+                await self.queue.admit(client.name, client.spec.weight, timeout_s, guard)
+            except BaseException as exc:
+                await self._release(admission)
+                if isinstance(exc, QueueTimeout):
+                    limit = self.queue.limit
+                    raise over_gateway_rpm(limit, exc.verdict, admission.headers) from None
+                raise
+        return admission
 
-    async def _reserve(self, subject: str, budget: float, period: str, into: Admission) -> None:
-        began, ends = self.period_of(period)
+    async def _take(self, client: Client, admission: Admission) -> None:
+        """Make every check (with shared counters at once: one round trip), then refuse as the
+        first in order refuses: rpm, max_concurrent, the client's budget, the gateway's. What
+        the others took is given back; a refused place or budget leaves its rpm hit counted."""
+        spec, key, settings = client.spec, client_key(client.name), self.settings
+        budgets: list[tuple[str, float, str]] = []
+        if spec.credit_budget is not None:
+            budgets.append((client.name, spec.credit_budget, spec.budget_period))
+        if settings.gateway_credit_budget is not None:
+            budgets.append(
+                (GATEWAY, settings.gateway_credit_budget, settings.gateway_budget_period)
+            )
+        calls: list[Awaitable[object]] = []
+        if spec.rpm is not None:
+            calls.append(self.counters.window_hit(key, spec.rpm, self.window_s))
+        if spec.max_concurrent is not None:
+            calls.append(self.counters.acquire_slot(key, spec.max_concurrent, SLOT_TTL_S))
+        calls.extend(self._reserve(*budget) for budget in budgets)
+        answers = await each(self.counters, calls)  # in process: one after another, nothing between
+        refusals: list[object] = []  # each check's failure or refusal (None: passed), in order
+        if spec.rpm is not None:
+            window = answers.pop(0)
+            if isinstance(window, WindowVerdict):
+                admission.headers = rate_headers(window)
+                window = (
+                    None if window.allowed else over_rpm(client.name, window, admission.headers)
+                )
+            refusals.append(window)
+        if spec.max_concurrent is not None:
+            place = answers.pop(0)
+            if isinstance(place, Slot):
+                admission.slot, place = place, None
+                if self._heartbeat is None or self._heartbeat.done():
+                    self._heartbeat = asyncio.ensure_future(self._beat())
+            elif place is None:
+                place = over_concurrency(client.name, spec.max_concurrent, admission.headers)
+            refusals.append(place)
+        for (subject, budget, period), held in zip(budgets, answers, strict=True):
+            if isinstance(held, Reservation):
+                admission.holds.append(Hold(subject, budget, period, held))
+                held = None
+            elif isinstance(held, BudgetState):
+                ends = self.period_of(period)[1]
+                held = over_budget(
+                    subject, budget, period, ends, self.zone, held, admission.headers
+                )
+            refusals.append(held)
+        refused = next((r for r in refusals if isinstance(r, BaseException)), None)
+        if refused is not None:
+            await self._release(admission)
+            raise refused
+
+    async def _reserve(self, subject: str, budget: float, period: str) -> Reservation | BudgetState:
+        began = self.period_of(period)[0]
         key = GATEWAY if subject == GATEWAY else client_key(subject)
-        amount = self.settings.budget_reserve_credits
-        held = await self.counters.reserve(key, began, amount, budget)
-        if isinstance(held, Reservation):
-            into.holds.append(Hold(subject, budget, period, held))
-            return
-        resets = (
-            "it never resets (period total)"
-            if ends is None
-            else f"it resets at {iso(ends, self.zone)}"
-        )
-        what = (
-            f"the gateway's shared budget of {budget:g} credits (all clients together) is "
-            f"used up for this {period}"
-            if subject == GATEWAY
-            else f"client {subject!r} has used its budget of {budget:g} credits for this {period}"
-        )
-        raise BudgetExceeded(
-            f"{what} ({held.spent:g} spent, {held.reserved:g} reserved by requests in flight); "
-            f"{resets}",
-            headers={"x-should-retry": "false", **into.headers},
-        )
+        return await self.counters.reserve(key, began, self.settings.budget_reserve_credits, budget)
 
     async def _release(self, admission: Admission) -> None:
-        with contextlib.suppress(SharedUnavailable):  # unreachable: rebuilt, or lapses, later
-            for hold in admission.holds:
-                await self.counters.settle(hold.reservation, 0.0)
-            if admission.slot is not None:
-                await self.counters.release_slot(admission.slot)
+        calls: list[Awaitable[object]] = [
+            self.counters.settle(hold.reservation, 0.0) for hold in admission.holds
+        ]
+        if admission.slot is not None:
+            calls.append(self.counters.release_slot(admission.slot))
+        for failed in await each(self.counters, calls):  # unreachable: rebuilt, or lapses, later
+            if isinstance(failed, Exception) and not isinstance(failed, SharedUnavailable):
+                raise failed
 
     async def _beat(self) -> None:
         """Refresh the places held by this gateway's requests while any are held."""
@@ -271,22 +235,31 @@ class Limits:
     async def _settle_pending(self) -> None:
         pending = self._pending
         while pending:
-            await self._settle(*pending.popleft())
+            if not self.counters.shared:
+                await self._settle(*pending.popleft())
+                continue
+            batch = [pending.popleft() for _ in range(len(pending))]  # one round trip for all
+            await asyncio.gather(*(self._settle(*each) for each in batch))
 
     async def _settle(self, admission: Admission, credits: float | None, unknown: bool) -> None:
+        holds = admission.holds
+        calls: list[Awaitable[object]] = [
+            self.counters.settle(
+                h.reservation, h.reservation.amount if unknown else float(credits or 0)
+            )
+            for h in holds
+        ]
+        if admission.slot is not None:
+            calls.append(self.counters.release_slot(admission.slot))
         try:
-            if admission.slot is not None:
-                await self.counters.release_slot(admission.slot)
-            for hold in admission.holds:
-                reservation = hold.reservation
-                actual = reservation.amount if unknown else float(credits or 0)
-                state = await self.counters.settle(reservation, actual)
-                if self.on_spend is not None:
-                    self.on_spend(
-                        hold.subject, state.spent, hold.budget, hold.period, reservation.period_id
-                    )
-        except SharedUnavailable:
-            pass  # logged once per outage; budgets are rebuilt from the ledger, slots lapse
+            answers = await each(self.counters, calls)
+            for hold, answer in zip(holds, answers, strict=False):
+                if isinstance(answer, BudgetState) and self.on_spend is not None:
+                    period_id = hold.reservation.period_id
+                    self.on_spend(hold.subject, answer.spent, hold.budget, hold.period, period_id)
+            for failed in answers:  # unreachable counters: budgets are rebuilt, slots lapse
+                if isinstance(failed, Exception) and not isinstance(failed, SharedUnavailable):
+                    raise failed
         except Exception:  # counters that fail must not take the request's task with them
             logger.exception("could not settle the limits of a request of %s", admission.client)
 

@@ -9,12 +9,15 @@ the calendar period, so a new period starts from zero without anyone resetting i
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class SharedUnavailable(Exception):
@@ -63,7 +66,14 @@ class Slot:
 
 
 class Counters(Protocol):
-    """Budget, sliding-window and concurrency counters; each call is atomic on its own."""
+    """Budget, sliding-window and concurrency counters; each call is atomic on its own.
+
+    `shared` is True for counters kept outside the process (Redis): calls made at the same
+    moment then cost one round trip, so admission makes its independent calls together. In
+    process a call costs next to nothing, and admission makes them one after another.
+    """
+
+    shared: bool
 
     async def reserve(
         self, key: str, period_id: float, amount: float, limit: float
@@ -138,6 +148,8 @@ class Counters(Protocol):
 
 class MemoryCounters:
     """Counters in this process: exact, and shared by nobody else (one replica)."""
+
+    shared = False
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -251,6 +263,20 @@ class MemoryCounters:
 
     async def aclose(self) -> None:
         """See Counters.aclose: nothing to let go of."""
+
+
+async def each(counters: Counters, calls: Sequence[Awaitable[T]]) -> list[T | BaseException]:
+    """Every call's answer or failure, in order: made at once with `shared` counters (one
+    round trip), else one after another (a task each would cost more than it saves)."""
+    if counters.shared:
+        return await asyncio.gather(*calls, return_exceptions=True)
+    answers: list[T | BaseException] = []
+    for call in calls:
+        try:
+            answers.append(await call)
+        except Exception as exc:
+            answers.append(exc)
+    return answers
 
 
 def whole_seconds(seconds: float) -> int:

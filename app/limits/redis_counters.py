@@ -60,6 +60,8 @@ class RedisReservation(Reservation):
 class RedisCounters:
     """Budgets, windows, slots and the gateway's fair queue in one Redis, for every replica."""
 
+    shared = True  # see Counters: calls of the same moment go in one pipeline
+
     def __init__(
         self, url: str, prefix: str = "mavera-gateway:", rebuild: Rebuild | None = None
     ) -> None:

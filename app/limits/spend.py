@@ -7,8 +7,9 @@ from typing import Any
 
 from app.clients import Client
 from app.errors import GatewayError, LimitsUnavailable
-from app.limits.admission import GATEWAY, Limits, client_key, rate_headers
+from app.limits.admission import Limits
 from app.limits.counters import SharedUnavailable
+from app.limits.holds import GATEWAY, client_key, rate_headers
 from app.limits.periods import iso
 
 SpentSince = Callable[[float], Awaitable[float]]

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +15,7 @@ from app.clients import ClientSpec
 from app.key_admin import create_key
 from app.ledger.postgres import PostgresLedger
 from tests.conftest import POSTGRES_ADDRESS, GatewayFactory, free_port, raw_query, through_port
+from tests.tcp_relay import TcpRelay
 
 CLIENTS = ("ann", "bob")
 REQUESTS = 60
@@ -98,57 +96,10 @@ def test_a_gateway_on_postgres_books_each_request_once_at_maveras_price(
     }
 
 
-class _Relay:
-    """A TCP relay from a loopback port to the real PostgreSQL, that can cut every connection
-    (as a network partition or a database restart would) and come back on the same port."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.sockets: list[socket.socket] = []
-        self.listener: socket.socket | None = None
-
-    def start(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen()
-        self.listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return  # cut
-            server = socket.create_connection(POSTGRES_ADDRESS)
-            self.sockets += [client, server]
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        assert self.listener is not None
-        self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (close alone would not)
-        self.listener.close()
-        for sock in self.sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-        self.sockets.clear()
-
-
 def test_records_made_while_postgres_is_unreachable_arrive_once_it_is_back(
     make_gateway: GatewayFactory, postgres_url: str
 ) -> None:
-    relay = _Relay(free_port())
+    relay = TcpRelay(free_port(), POSTGRES_ADDRESS[1])
     relay.start()
     url = through_port(postgres_url, relay.port)
     gateway = make_gateway(ledger={"database_url": url})

@@ -7,13 +7,16 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import openai
+import pytest
 
 from app.auth import key_digest
-from tests.conftest import GatewayFactory, RunningGateway
+from tests.conftest import REDIS_URL, GatewayFactory, RunningGateway
 
 ADMIN_KEY = "admin-key-for-spend-tests-0123456789"
 ALICE_KEY = "mgw_alice_spend_key_0123456789abcdefghijk"
 BOB_KEY = "mgw_bob_spend_key_0123456789abcdefghijklm"
+CAROL_KEY = "mgw_carol_spend_key_0123456789abcdefghij"
 COSTLY = [{"role": "user", "content": " ".join(["word"] * 200)}]  # 5 credits each
 FIELDS = {
     "client", "budget", "period", "timezone", "spent", "reserved", "remaining",
@@ -141,3 +144,50 @@ def test_total_period_has_no_start_or_reset(make_gateway: GatewayFactory) -> Non
     data = _json(gateway, "alice")
     assert (data["period"], data["period_start"], data["resets_at"]) == ("total", None, None)
     assert (data["timezone"], data["remaining"]) == ("UTC", 7)
+
+
+@pytest.mark.parametrize("counters", ["redis", "in process"])
+def test_rpm_refuses_first_and_what_the_refused_request_took_is_given_back(
+    make_gateway: GatewayFactory, request: pytest.FixtureRequest, counters: str
+) -> None:
+    shared: dict[str, Any] = {}
+    if counters == "redis":
+        shared = {"redis_url": REDIS_URL, "redis_prefix": request.getfixturevalue("redis_prefix")}
+    gateway = make_gateway(
+        clients={
+            "alice": {"key_sha256": key_digest(ALICE_KEY), "rpm": 2, "credit_budget": 10},
+            "bob": {
+                "key_sha256": key_digest(BOB_KEY),
+                "rpm": 1,
+                "max_concurrent": 1,
+                "credit_budget": 100,
+            },
+            "carol": {"key_sha256": key_digest(CAROL_KEY)},  # only the gateway-wide budget
+        },
+        limits={
+            "budget_reserve_credits": 5,
+            "gateway_credit_budget": 20,
+            **shared,
+        },
+        admin={"key": ADMIN_KEY},
+    )
+    alice, bob = gateway.client(ALICE_KEY), gateway.client(BOB_KEY)
+    for _ in range(2):  # 5 credits each: alice's rpm and budget are both used up
+        alice.chat.completions.create(model="mavera-1", messages=COSTLY)
+    with pytest.raises(openai.RateLimitError) as over_both:  # the rpm answers, not the budget
+        alice.chat.completions.create(model="mavera-1", messages=COSTLY)
+    assert "requests per minute" in over_both.value.message
+    assert over_both.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+
+    bob.chat.completions.create(model="mavera-1", messages=COSTLY)  # 15 of the gateway's 20
+    for _ in range(4):  # over bob's rpm only: its place and both reservations are given back
+        with pytest.raises(openai.RateLimitError) as over_rpm:
+            bob.chat.completions.create(model="mavera-1", messages=COSTLY)
+        assert "requests per minute" in over_rpm.value.message
+    gateway.flush()
+    spent = {name: _json(gateway, name) for name in ("alice", "bob")}
+    assert (spent["alice"]["spent"], spent["alice"]["reserved"]) == (10, 0)
+    assert (spent["bob"]["spent"], spent["bob"]["reserved"], spent["bob"]["in_flight"]) == (5, 0, 0)
+    # had the refused requests kept their gateway-wide reservations, carol would get a 402
+    gateway.client(CAROL_KEY).chat.completions.create(model="mavera-1", messages=COSTLY)
+    assert gateway.sim.total_credits_charged() == 20
