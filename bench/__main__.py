@@ -7,8 +7,11 @@ import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench import harness, meta, report
+from bench.options import ALL_SCENARIOS, ALL_TARGETS, Options
+from bench.setups import COUNTERS, LEDGERS, choice
 from bench.targets import BASELINE
 
 
@@ -33,8 +36,8 @@ def _with_baseline(names: tuple[str, ...]) -> tuple[str, ...]:
     return (*names[:at], BASELINE, *names[at:])
 
 
-# Options that override a default of `harness.Options` (the field is the flag's name).
-_OVERRIDES: tuple[tuple[str, type, str], ...] = (
+# Options that override a default of `Options` (the field is the flag's name).
+_OVERRIDES: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--streams", int, "concurrent streams"),
     ("--latency-requests", int, "measured requests at c=1"),
     ("--wrk-seconds", float, "seconds per wrk run"),
@@ -45,22 +48,30 @@ _OVERRIDES: tuple[tuple[str, type, str], ...] = (
     ("--rounds", int, "wrk runs per target and connection count, the median reported"),
     ("--instances", int, "fresh starts of each target; latency and wrk rounds pooled"),
     ("--baseline-durability", str, f"[ledger] durability of {BASELINE} (batched or strict)"),
+    ("--ledger", choice(LEDGERS), "gateway's ledger: a new SQLite file or PostgreSQL database"),
+    ("--counters", choice(COUNTERS), "where gateway counts limits (None: as the env says)"),
+    ("--workers", int, "gateway's `serve --workers`"),
+    ("--baseline-ledger", choice(LEDGERS), f"{BASELINE}'s ledger"),
+    ("--baseline-counters", choice(COUNTERS), f"{BASELINE}'s counters"),
+    ("--baseline-workers", int, f"{BASELINE}'s `serve --workers`"),
+    ("--postgres-url", str, "server for --ledger postgres (a database per start, dropped)"),
+    ("--redis-url", str, "Redis for --counters redis (a key prefix per start, deleted)"),
 )
 
 
-def _parser(defaults: harness.Options) -> argparse.ArgumentParser:
+def _parser(defaults: Options) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=harness.__doc__)
     parser.add_argument(
         "--targets",
-        type=_names((*harness.ALL_TARGETS, BASELINE)),
+        type=_names((*ALL_TARGETS, BASELINE)),
         default=defaults.targets,
-        help="comma-separated, from " + ",".join(harness.ALL_TARGETS) + " (default: all)",
+        help="comma-separated, from " + ",".join(ALL_TARGETS) + " (default: all)",
     )
     parser.add_argument(
         "--scenarios",
-        type=_names(harness.ALL_SCENARIOS),
+        type=_names(ALL_SCENARIOS),
         default=defaults.scenarios,
-        help="comma-separated, from " + ",".join(harness.ALL_SCENARIOS) + " (default: all)",
+        help="comma-separated, from " + ",".join(ALL_SCENARIOS) + " (default: all)",
     )
     parser.add_argument("--quick", action="store_true", help="shorter runs: a smoke test")
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway under load")
@@ -70,20 +81,27 @@ def _parser(defaults: harness.Options) -> argparse.ArgumentParser:
         help="load as a keyed client; gateway with budgets, rpm, max_concurrent and gateway_rpm "
         f"on (too large to refuse), {BASELINE} with none (give --baseline-venv)",
     )
+    parser.add_argument(
+        "--baseline-limits",
+        action="store_true",
+        help=f"{BASELINE} counts every limit too, as gateway does with --limits (to compare "
+        "where the counters live, not whether they count)",
+    )
     for flag, kind, text in _OVERRIDES:
         default = getattr(defaults, flag[2:].replace("-", "_"))
         parser.add_argument(flag, type=kind, help=f"{text} (default: {default})")
     return parser
 
 
-def parse_args(argv: list[str]) -> harness.Options:
+def parse_args(argv: list[str]) -> Options:
     """Options from the command line."""
-    args = _parser(harness.Options()).parse_args(argv)
-    options = harness.Options(
+    args = _parser(Options()).parse_args(argv)
+    options = Options(
         targets=_with_baseline(args.targets) if args.baseline_venv else args.targets,
         scenarios=args.scenarios,
         profile=args.profile,
         limits=args.limits,
+        baseline_limits=args.baseline_limits,
         command=meta.command_line(argv),
     )
     if args.quick:

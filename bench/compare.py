@@ -111,6 +111,7 @@ def _throughput_rows(new: Results, old: Results) -> list[str]:
             continue
         rps = rounds_by_start(runs, base, "rps")
         cpu = rounds_by_start(runs, base, "cpu_us_per_request")
+        settled = rounds_by_start(runs, base, "cpu_us_per_request_settled")
         rows += [
             f"| req/s, {conns} conns ({len(runs['runs'])} rounds) | {runs['rps']:,.0f} "
             f"| {base['rps']:,.0f} | {_cell(rps)} | >= {floor:.2f}x "
@@ -118,11 +119,17 @@ def _throughput_rows(new: Results, old: Results) -> list[str]:
             f"| CPU per request, {conns} conns (us) | {_cpu(runs)} | {_cpu(base)} "
             f"| {_cell(cpu)} | - | - |",
         ]
+        if settled is not None:
+            key = "cpu_us_per_request_settled"
+            rows.append(
+                f"| CPU per request with the work deferred past wrk, {conns} conns (us) "
+                f"| {_cpu(runs, key)} | {_cpu(base, key)} | {_cell(settled)} | - | - |"
+            )
     return rows
 
 
-def _cpu(runs: Results) -> str:
-    values = [float(r["cpu_us_per_request"]) for r in runs["runs"] if "cpu_us_per_request" in r]
+def _cpu(runs: Results, key: str = "cpu_us_per_request") -> str:
+    values = [float(r[key]) for r in runs["runs"] if key in r]
     return f"{statistics.median(values):.0f}" if values else "n/a"
 
 

@@ -10,7 +10,6 @@ taking turns in every scenario, so machine drift reaches both alike; `--instance
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import statistics
 import sys
@@ -22,62 +21,12 @@ from typing import Any
 
 import uvloop
 
-from bench import meta, pooling, procs, profile, scenarios, targets
+from bench import gateways, meta, pooling, procs, profile, scenarios, targets
+from bench.options import Options
 from bench.targets import BASELINE, Target, Unavailable
 from bench.wire import CHAT, RESPONSES
 
-ALL_TARGETS = ("direct", "nginx", "gateway", "litellm")  # and BASELINE, with --baseline-venv
 GATEWAYS = ("gateway", BASELINE)
-ALL_SCENARIOS = ("startup", "latency", "throughput", "streams", "soak")
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """Everything one run is told; `quick()` gives the smaller variant."""
-
-    targets: tuple[str, ...] = ALL_TARGETS
-    scenarios: tuple[str, ...] = ALL_SCENARIOS
-    upstream_workers: int = 2
-    chunks: int = 50
-    delay_ms: float = 20.0
-    streams: int = 200
-    latency_requests: int = 500
-    latency_warmup: int = 100
-    wrk_seconds: float = 6.0
-    connections: tuple[int, ...] = (16, 64)
-    soak_requests: int = 100_000
-    soak_limit_s: float = 120.0
-    startup_runs: int = 3
-    stream_limit_s: float = 90.0
-    litellm_venv: Path = Path(__file__).with_name(".venv-litellm")
-    baseline_venv: Path | None = None  # another build's venv: measured as BASELINE
-    baseline_durability: str | None = None  # e.g. "strict": BASELINE with that ledger durability
-    rounds: int = 1  # wrk runs per target and connection count (the median is reported)
-    instances: int = 1  # fresh starts of each target; latency and wrk rounds pooled over them
-    profile: bool = False
-    # gateway: a keyed client with budgets, rpm, max_concurrent and gateway_rpm on (none
-    # refuses); BASELINE: the same client keyed, no limits
-    limits: bool = False
-    command: str = ""
-
-    def again(self) -> Options:
-        """For the 2nd and later start of a target: only the scenarios that are pooled."""
-        kept = tuple(s for s in self.scenarios if s in ("latency", "throughput"))
-        return dataclasses.replace(self, scenarios=kept, profile=False)
-
-    def quick(self) -> Options:
-        """Fewer requests, shorter runs: a smoke test of the whole harness."""
-        return dataclasses.replace(
-            self,
-            streams=50,
-            latency_requests=200,
-            latency_warmup=30,
-            wrk_seconds=2.0,
-            soak_requests=10_000,
-            soak_limit_s=20.0,
-            startup_runs=1,
-            stream_limit_s=45.0,
-        )
 
 
 def log(message: str) -> None:
@@ -135,20 +84,30 @@ def _starter(name: str, upstream: Target, workdir: Path, options: Options) -> Ca
     starters: dict[str, Callable[[], Target]] = {
         "direct": lambda: targets.direct(upstream),
         "nginx": lambda: targets.start_nginx(workdir, upstream),
-        "gateway": lambda: targets.start_gateway(
-            workdir, upstream, client="limits" if options.limits else None
+        "gateway": lambda: gateways.start_gateway(
+            workdir,
+            upstream,
+            client="limits" if options.limits else None,
+            setup=options.setup("gateway"),
         ),
-        BASELINE: lambda: targets.start_gateway(
+        BASELINE: lambda: gateways.start_gateway(
             workdir,
             upstream,
             BASELINE,
             targets.baseline_command(options.baseline_venv),
             durability=options.baseline_durability,
-            client="keyed" if options.limits else None,
+            client=_baseline_client(options),
+            setup=options.setup(BASELINE),
         ),
         "litellm": lambda: targets.start_litellm(workdir, upstream, options.litellm_venv),
     }
     return starters[name]
+
+
+def _baseline_client(options: Options) -> str | None:
+    if options.baseline_limits:
+        return "limits"
+    return "keyed" if options.limits else None
 
 
 def start(name: str, upstream: Target, workdir: Path, options: Options) -> Target:
@@ -198,6 +157,8 @@ def measure(
 def _ready(target: Target, options: Options) -> dict[str, Any]:
     """Start-up timings and RSS at ready."""
     data: dict[str, Any] = {}
+    if target.name in GATEWAYS:
+        data["setup"] = options.setup(target.name).label()
     if target.process is not None and "startup" in options.scenarios:
         data["startup_s"] = [round(s, 3) for s in target.startup_s]
         data["startup_median_s"] = round(statistics.median(target.startup_s), 3)
@@ -247,7 +208,12 @@ def _load_scenarios(
                 log(f"{target.name}: {options.streams} concurrent {endpoint} streams")
                 data[target.name].setdefault("streams", {})[endpoint] = _async(
                     scenarios.streams(
-                        target, endpoint, options.streams, options.chunks, options.stream_limit_s
+                        target,
+                        endpoint,
+                        options.streams,
+                        options.chunks,
+                        options.stream_limit_s,
+                        tuple(upstream.pids()),
                     )
                 )
         for target in group:

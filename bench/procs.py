@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -179,3 +179,72 @@ def reset_peak_rss(pids: Iterable[int]) -> None:
             Path(f"/proc/{pid}/clear_refs").write_text("5")
         except OSError:
             pass
+
+
+def service_pids() -> dict[str, list[int]]:
+    """PostgreSQL's and Redis's processes on this machine, found by command name.
+
+    Their CPU is the benchmark's when a gateway uses them (and any other session's too).
+    """
+    found: dict[str, list[int]] = {"postgres": [], "redis": []}
+    names = {b"postgres": "postgres", b"redis-server": "redis"}
+    for entry in Path("/proc").iterdir():
+        try:
+            name = (
+                names.get((entry / "comm").read_bytes().strip()) if entry.name.isdigit() else None
+            )
+        except OSError:
+            continue
+        if name is not None:
+            found[name].append(int(entry.name))
+    return found
+
+
+class CpuShares:
+    """How busy named groups of processes kept the cores from now until `cores()`.
+
+    `load` is this process and the children it has waited for meanwhile (wrk, or the harness's
+    own client); `others` is the rest of the machine's busy time (other sessions, interrupts).
+    """
+
+    def __init__(
+        self,
+        groups: Mapping[str, Iterable[int]],
+        rescan: Callable[[], Mapping[str, list[int]]] | None = None,
+    ) -> None:
+        """`rescan` lists some groups again at the end: a process new since then (a PostgreSQL
+        backend for a new connection) counts with all its CPU time."""
+        self.groups = {name: list(pids) for name, pids in groups.items()}
+        self.rescan = rescan
+        self.before = {name: cpu_seconds(pids) for name, pids in self.groups.items()}
+        self.own, self.busy = own_cpu_seconds(), machine_busy_seconds()
+        self.started = time.perf_counter()
+
+    def cores(self) -> dict[str, float]:
+        """Cores used by each group, `load` and `others` (1.0 = one core for the whole time)."""
+        wall = max(time.perf_counter() - self.started, 1e-9)
+        used = {name: cpu_seconds(pids) - self.before[name] for name, pids in self.groups.items()}
+        for name, pids in (self.rescan() if self.rescan else {}).items():
+            known = set(self.groups.get(name, ()))
+            used[name] = used.get(name, 0.0) + cpu_seconds(p for p in pids if p not in known)
+        used["load"] = own_cpu_seconds() - self.own
+        used["others"] = max(0.0, machine_busy_seconds() - self.busy - sum(used.values()))
+        return {name: round(seconds / wall, 3) for name, seconds in used.items()}
+
+
+def settle(pids: list[int], limit_s: float = 10.0) -> tuple[float, float]:
+    """Wait until the processes go quiet; the CPU seconds they used meanwhile, and the wait.
+
+    A gateway defers work past its last answer (the ledger writer's backlog, settlements):
+    counted here, it is not charged to whichever target runs next. Quiet: under 5% of a core
+    over 100 ms.
+    """
+    began = time.perf_counter()
+    start = last = cpu_seconds(pids)
+    while time.perf_counter() - began < limit_s:
+        time.sleep(0.1)
+        now = cpu_seconds(pids)
+        if now - last < 0.005:
+            break
+        last = now
+    return last - start, round(time.perf_counter() - began, 2)

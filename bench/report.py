@@ -7,7 +7,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-from bench import compare
+from bench import compare, shares
 from bench.targets import BASELINE
 from bench.wire import CHAT, RESPONSES
 
@@ -248,6 +248,7 @@ def render(results: Results) -> str:
         "",
         checks_table(results["targets"]),
         *compare.comparison(results["targets"]),
+        *shares.table(results["targets"]),
     ]
     parts += _profile(_get(results["targets"], "gateway", "profile"))
     for name, reason in results.get("unavailable", {}).items():

@@ -123,17 +123,25 @@ def latency_summary(
 
 
 def throughput(
-    target: Target, body_file: Path, connections: int, seconds: float, others: tuple[int, ...] = ()
+    target: Target,
+    body_file: Path,
+    connections: int,
+    seconds: float,
+    upstream: tuple[int, ...] = (),
+    idle: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """wrk at `connections` for `seconds`; the target's CPU microseconds per request.
 
-    `others` are the pids of the benchmark's other processes (upstream, idle targets): with
-    them, `foreign_cpu_pct` is the CPU the machine spent on anything else meanwhile (% of a core).
+    `upstream` and `idle` are the pids of the benchmark's other processes (the fake upstream,
+    targets not under load): with them, `cpu_share` says how the cores were shared (target,
+    upstream, PostgreSQL, Redis, wrk) and `foreign_cpu_pct` is the CPU the machine spent on
+    anything else meanwhile (% of a core).
     """
     pids = target.pids()
-    cpu_before, ours_before = procs.cpu_seconds(pids), procs.cpu_seconds(others)
-    busy_before, own_before = procs.machine_busy_seconds(), procs.own_cpu_seconds()
-    started = time.perf_counter()
+    meter = procs.CpuShares(
+        {"target": pids, "upstream": upstream, **procs.service_pids(), "idle": idle},
+        procs.service_pids,
+    )
     result = run_wrk(
         target.url(ENDPOINTS[CHAT]),
         body_file,
@@ -141,16 +149,17 @@ def throughput(
         seconds=seconds,
         token=target.token,
     )
-    wall = time.perf_counter() - started
-    cpu = procs.cpu_seconds(pids) - cpu_before
+    shares = meter.cores()
+    cpu = procs.cpu_seconds(pids) - meter.before["target"]
     data: dict[str, Any] = result.as_dict()
     if pids and result.requests:
         data["cpu_us_per_request"] = round(cpu / result.requests * 1e6, 1)
         data["cpu_cores"] = round(cpu / result.seconds, 2)
-    if others:
-        ours = cpu + procs.cpu_seconds(others) - ours_before + procs.own_cpu_seconds() - own_before
-        foreign = procs.machine_busy_seconds() - busy_before - ours
-        data["foreign_cpu_pct"] = max(0.0, round(100 * foreign / wall, 1))
+        later, data["settle_s"] = procs.settle(pids)
+        data["cpu_us_per_request_settled"] = round((cpu + later) / result.requests * 1e6, 1)
+    if upstream:
+        data["cpu_share"] = shares
+        data["foreign_cpu_pct"] = round(100 * shares["others"], 1)
     return data
 
 
@@ -170,17 +179,25 @@ def throughput_rounds(
     done: dict[str, list[dict[str, Any]]] = {target.name: [] for target in group}
     for index in range(rounds):
         for target in group if index % 2 == 0 else group[::-1]:
-            idle = [p for other in (upstream, *group) if other is not target for p in other.pids()]
+            idle = tuple(p for other in group if other is not target for p in other.pids())
             done[target.name].append(
-                throughput(target, body_file, connections, seconds, tuple(idle))
+                throughput(target, body_file, connections, seconds, tuple(upstream.pids()), idle)
             )
     return done
 
 
 async def streams(
-    target: Target, endpoint: str, count: int, chunks: int, limit_s: float
+    target: Target,
+    endpoint: str,
+    count: int,
+    chunks: int,
+    limit_s: float,
+    upstream: tuple[int, ...] = (),
 ) -> dict[str, Any]:
-    """`count` streams opened together; every loop bounded by `limit_s`."""
+    """`count` streams opened together; every loop bounded by `limit_s`.
+
+    With the `upstream` pids, `cpu_share` says how the cores were shared meanwhile.
+    """
     path = target.path(ENDPOINTS[endpoint])
     request = encode_request(target.port, path, STREAM_BODIES[endpoint], target.token)
     connections = await asyncio.wait_for(
@@ -189,6 +206,9 @@ async def streams(
     pids = target.pids()
     procs.reset_peak_rss(pids)
     cpu_before = procs.cpu_seconds(pids)
+    meter = procs.CpuShares(
+        {"target": pids, "upstream": upstream, **procs.service_pids()}, procs.service_pids
+    )
     started = time.perf_counter()
     tasks = [asyncio.ensure_future(c.exchange(request)) for c in connections]
     finished, unfinished = await asyncio.wait(tasks, timeout=limit_s)
@@ -204,6 +224,8 @@ async def streams(
     if pids:
         data["peak_rss_mb"] = round(procs.peak_rss_mb(pids), 1)
         data["cpu_ms_per_stream"] = round((procs.cpu_seconds(pids) - cpu_before) / count * 1e3, 2)
+    if upstream:
+        data["cpu_share"] = meter.cores()
     return data
 
 

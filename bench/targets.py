@@ -3,17 +3,17 @@
 Each starter launches its process on a free loopback port, times spawn-to-ready, and returns a
 `Target` that knows where its chat and responses endpoints are. A target that cannot be started
 (not installed, crashed) raises `Unavailable` with the reason; the harness reports it and goes on.
-`gateway-base` is a second gateway build (another venv's `mavera-gateway`), started the same way.
+The gateways themselves are started by `bench.gateways`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +24,6 @@ PERSONA_ID = "clx1abc2d0001abcdef123456"
 LITELLM_MASTER_KEY = "sk-bench-master-key"
 READY_LIMIT_S = 60.0
 BASELINE = "gateway-base"  # the target name of the build given by --baseline-venv
-# Not passed to a gateway: a build that honours proxies and one that does not must both reach the
-# fake upstream directly, or the comparison measures the proxy.
-_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 
 class Unavailable(RuntimeError):
@@ -44,6 +41,7 @@ class Target:
     process: subprocess.Popen[bytes] | None = None
     startup_s: list[float] = field(default_factory=list)
     log: Path | None = None
+    cleanups: list[Callable[[], None]] = field(default_factory=list)  # after the process stops
 
     def url(self, endpoint: str) -> str:
         """Full URL of `chat/completions` or `responses`."""
@@ -61,6 +59,8 @@ class Target:
         """Stop the process if the harness started one."""
         if self.process is not None:
             procs.stop(self.process)
+        while self.cleanups:
+            self.cleanups.pop(0)()
 
     def log_tail(self, lines: int = 20) -> str:
         """The end of the target's log, for error messages."""
@@ -69,7 +69,7 @@ class Target:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _launch(
+def launch(
     target: Target, command: list[str], ready_path: str, env: dict[str, str] | None = None
 ) -> Target:
     assert target.log is not None
@@ -91,7 +91,7 @@ def start_upstream(workdir: Path, workers: int, chunks: int, delay_ms: float) ->
     command = [sys.executable, "-m", "bench.fake_upstream", "--port", str(target.port)]
     command += ["--workers", str(workers), "--chunks", str(chunks), "--delay-ms", str(delay_ms)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    return _launch(target, command, "/healthz", env)
+    return launch(target, command, "/healthz", env)
 
 
 def direct(upstream: Target) -> Target:
@@ -141,59 +141,6 @@ def packages(python: Path) -> set[str]:
     return {f"{name}=={version}" for name, version in pairs if name.lower() not in _TOOLING}
 
 
-# `--limits`: both gateways serve one keyed client; `gateway` also counts every limit there is,
-# each far too large to refuse anything, so the figures show what counting costs.
-BENCH_CLIENT_KEY = "mgw_bench-client-key-not-a-secret-0123456789"
-_LIMITS_ON = """
-[limits]
-gateway_rpm = 1000000
-gateway_credit_budget = 1000000000000
-
-[clients.bench]
-key_sha256 = "{digest}"
-credit_budget = 1000000000000
-budget_period = "month"
-rpm = 1000000
-max_concurrent = 100000
-"""
-_KEYED_ONLY = '\n[clients.bench]\nkey_sha256 = "{digest}"\n'
-
-
-def start_gateway(
-    workdir: Path,
-    upstream: Target,
-    name: str = "gateway",
-    command: list[str] | None = None,
-    durability: str | None = None,
-    client: str | None = None,
-) -> Target:
-    """`mavera-gateway serve`: one uvicorn worker, SQLite ledger on, request log to a file.
-
-    `command` runs another build (`gateway-base`) with the same config, environment and ledger;
-    `durability` sets its `[ledger] durability` (the same build, strict against batched);
-    `client` ("keyed" or "limits") makes the load a keyed client, with every limit on or none.
-    """
-    target = Target(name, procs.free_port(), "/v1", log=workdir / f"{name}.log")
-    config = workdir / f"{name}.toml"
-    text = f'[defaults]\npersona_id = "{PERSONA_ID}"\n'
-    if durability is not None:
-        text += f'\n[ledger]\ndurability = "{durability}"\n'
-    if client is not None:
-        digest = hashlib.sha256(BENCH_CLIENT_KEY.encode()).hexdigest()
-        text += (_LIMITS_ON if client == "limits" else _KEYED_ONLY).format(digest=digest)
-        target.token = BENCH_CLIENT_KEY
-    config.write_text(text)
-    database = workdir / f"ledger-{time.time_ns()}.db"  # a new ledger per start: worst case
-    env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARIABLES}
-    env |= {
-        "MAVERA_BASE_URL": f"http://127.0.0.1:{upstream.port}/api/v1",
-        "MAVERA_API_KEY": GATEWAY_KEY,
-        "MAVERA_GATEWAY_DATABASE_URL": f"sqlite:///{database}",
-    }
-    command = (command or gateway_command()) + ["serve", "--port", str(target.port)]
-    return _launch(target, command + ["--config", str(config)], "/readyz", env)
-
-
 NGINX_CONF = """\
 worker_processes 1;
 pid {workdir}/nginx.pid;
@@ -229,7 +176,7 @@ def start_nginx(workdir: Path, upstream: Target) -> Target:
     config = workdir / "nginx.conf"
     config.write_text(NGINX_CONF.format(workdir=workdir, upstream=upstream.port, port=target.port))
     command = [binary, "-p", str(workdir), "-c", str(config), "-g", "daemon off;"]
-    return _launch(target, command, "/readyz")
+    return launch(target, command, "/readyz")
 
 
 LITELLM_CONF = """\
@@ -264,7 +211,7 @@ def start_litellm(workdir: Path, upstream: Target, venv: Path) -> Target:
     env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
     command = [str(binary), "--config", str(config), "--host", "127.0.0.1"]
     command += ["--port", str(target.port), "--num_workers", "1"]
-    return _launch(target, command, "/health/liveliness", env)
+    return launch(target, command, "/health/liveliness", env)
 
 
 def litellm_version(venv: Path) -> str:
