@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from starlette.datastructures import Headers
 
 from app.clients import LOCAL_CLIENT, Client
-from app.config import ClientSettings
+from app.config_sections import ClientSettings
 from app.errors import InvalidApiKey
 from app.ledger.protocol import StoredKey
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import uvicorn
 
-from app.config import ServerSettings
+from app.config_sections import ServerSettings
 from app.edge import uvicorn_options
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from app.config import ServerSettings
+from app.config_sections import ServerSettings
 from app.connection import BODY_TIMED_OUT, EdgeProtocol
 
 

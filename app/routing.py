@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.clients import Client
-from app.config import RouteSettings, Settings
+from app.config import Settings
+from app.config_sections import RouteSettings
 from app.errors import ModelNotFound, PersonaOverrideForbidden, PersonaRequired
 from app.records import PersonaSource
 

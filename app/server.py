@@ -24,7 +24,8 @@ from starlette.types import Receive, Scope, Send
 from app.alerts import Alerts
 from app.api import admin, dashboard, openai, ops
 from app.auth import KeyStore
-from app.config import ConfigError, LimitsSettings, Settings
+from app.config import ConfigError, Settings
+from app.config_sections import LimitsSettings
 from app.errors import GatewayError, error_body
 from app.ledger.backends import open_ledger
 from app.ledger.writer import LedgerWriter

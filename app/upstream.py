@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 
 import orjson
 
-from app.config import UpstreamSettings
+from app.config_sections import UpstreamSettings
 from app.errors import (
     GatewayError,
     UpstreamAuthFailed,

@@ -20,7 +20,7 @@ import uvloop
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from app.config import ServerSettings
+from app.config_sections import ServerSettings
 from app.edge import protocol_class
 
 REQUEST = (

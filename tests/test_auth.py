@@ -13,7 +13,7 @@ import pytest
 
 from app.auth import KeyStore, key_digest, new_key
 from app.clients import LOCAL_CLIENT, Client, ClientSpec, InvalidClientSpec
-from app.config import ClientSettings
+from app.config_sections import ClientSettings
 from app.errors import InvalidApiKey
 from app.key_admin import create_key as admin_create_key
 from app.ledger.postgres import PostgresLedger

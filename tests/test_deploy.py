@@ -20,7 +20,7 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from app.config import ServerSettings, UpstreamSettings
+from app.config_sections import ServerSettings, UpstreamSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from app.clients import Client, ClientSpec
-from app.config import LimitsSettings
+from app.config_sections import LimitsSettings
 from app.errors import BudgetExceeded, RateLimited
 from app.limits import Limits, MemoryCounters, period_end, period_start
 from app.limits.counters import BudgetState, Reservation, reset_duration, whole_seconds

@@ -172,7 +172,8 @@ async def test_unreachable_redis_fails_fast_and_says_so() -> None:
 _WITHOUT_REDIS = """
 import sys
 sys.modules["redis"] = None  # as if the [redis] extra were not installed
-from app.config import ConfigError, LimitsSettings
+from app.config import ConfigError
+from app.config_sections import LimitsSettings
 from app.server import create_app, open_counters
 print(type(open_counters(LimitsSettings(), None)).__name__)
 try:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from starlette.datastructures import Headers
 
-from app.config import UpstreamSettings
+from app.config_sections import UpstreamSettings
 from app.errors import (
     GatewayError,
     UpstreamAuthFailed,

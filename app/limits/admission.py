@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from zoneinfo import ZoneInfo
 
 from app.clients import Client
-from app.config import LimitsSettings
+from app.config_sections import LimitsSettings
 from app.limits.counters import (
     BudgetState,
     Counters,
