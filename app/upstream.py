@@ -1,6 +1,7 @@
 """The one connection to Mavera: paths, outgoing headers, retries, deadlines, error translation.
 
-This is the only module that knows the transport (`app.http1`). Every transport failure becomes
+This is the only module that knows the transport (`app.http1`); `post_once` lends it to the
+alert webhooks. Every transport failure becomes
 a GatewayError here, once, and the body of an answer is handed out as an iterator that raises
 nothing else. Retries happen only here, so only before any byte has gone to the client, and only
 when the request provably never reached Mavera (no connection could be opened) or Mavera said
@@ -285,6 +286,36 @@ class Upstream:
     async def aclose(self) -> None:
         """Close every connection."""
         await self.transport.aclose()
+
+
+async def post_once(
+    origin: str, path: str, headers: list[tuple[str, str]], content: bytes, timeout_s: float
+) -> int:
+    """POST `content` to `origin`/`path` on a connection of its own and return the answer's
+    status: for the alert webhooks, which get the same TLS verification and proxy choice as
+    Mavera's connection but none of its retries. UpstreamUnavailable when no status came back
+    (its message names the host, never the path: a webhook's path can be its secret).
+    """
+    pool = Pool(
+        origin,
+        connect_timeout_s=timeout_s,
+        read_timeout_s=timeout_s,
+        write_timeout_s=timeout_s,
+        pool_timeout_s=timeout_s,
+        max_connections=1,
+        keepalive_s=0,  # one POST, then the connection closes
+    )
+    try:
+        async with asyncio.timeout(timeout_s):
+            response = await pool.request("POST", path, headers, content)
+            await response.aclose()  # the answer's body says nothing the caller acts on
+            return response.status_code
+    except TimeoutError:
+        raise UpstreamTimeout(f"no answer within {timeout_s:g} s") from None
+    except TransportError as exc:
+        raise UpstreamUnavailable(str(exc)) from None
+    finally:
+        await pool.aclose()
 
 
 def _backoff(attempt: int, retry_after: str | None) -> float:

@@ -1,10 +1,8 @@
-"""One JSON POST to a webhook (Slack or any receiver), over the gateway's own transport.
+"""One JSON POST to a webhook (Slack or any receiver), through app/upstream.py's `post_once`.
 
-The second of the two modules that know the transport (`app.http1`); the first, app/upstream.py,
-is Mavera's connection and its retry policy, and has no room for a webhook's. A webhook gets
-the same TLS verification (system store or `SSL_CERT_FILE`) and proxy choice (HTTPS_PROXY,
-HTTP_PROXY, NO_PROXY) as Mavera's connection. Each POST opens one connection and closes it:
-alerts are rare, and a connection kept for minutes would only go stale.
+A webhook gets the same TLS verification (system store or `SSL_CERT_FILE`) and proxy choice
+(HTTPS_PROXY, HTTP_PROXY, NO_PROXY) as Mavera's connection. Each POST opens one connection and
+closes it: alerts are rare, and a connection kept for minutes would only go stale.
 
 A webhook URL is a secret (Slack's carries its token in the path), so nothing here puts more
 than its scheme and host in a message: `where(url)` is what callers may log.
@@ -12,12 +10,12 @@ than its scheme and host in a message: `where(url)` is what callers may log.
 
 from __future__ import annotations
 
-import asyncio
 from urllib.parse import urlsplit
 
 import orjson
 
-from app.http1 import Pool, TransportError
+from app.errors import UpstreamTimeout, UpstreamUnavailable
+from app.upstream import post_once
 
 USER_AGENT = "mavera-gateway-alerts"
 
@@ -51,29 +49,14 @@ async def post_json(url: str, body: object, timeout_s: float) -> int:
     check_url(url)
     parts = urlsplit(url)
     path = parts.path.lstrip("/") + (f"?{parts.query}" if parts.query else "")
-    pool = Pool(
-        f"{parts.scheme}://{parts.netloc}",
-        connect_timeout_s=timeout_s,
-        read_timeout_s=timeout_s,
-        write_timeout_s=timeout_s,
-        pool_timeout_s=timeout_s,
-        max_connections=1,
-        keepalive_s=0,  # one POST, then the connection closes
-    )
     headers = [
         ("content-type", "application/json"),
         ("accept", "*/*"),
         ("user-agent", USER_AGENT),
         ("connection", "close"),
     ]
+    origin = f"{parts.scheme}://{parts.netloc}"
     try:
-        async with asyncio.timeout(timeout_s):
-            response = await pool.request("POST", path, headers, orjson.dumps(body))
-            await response.aclose()  # the answer's body says nothing we act on
-            return response.status_code
-    except TimeoutError:
-        raise WebhookFailed(f"{where(url)} did not answer within {timeout_s:g} s") from None
-    except TransportError as exc:
-        raise WebhookFailed(f"{where(url)}: {exc}") from None
-    finally:
-        await pool.aclose()
+        return await post_once(origin, path, headers, orjson.dumps(body), timeout_s)
+    except (UpstreamTimeout, UpstreamUnavailable) as exc:
+        raise WebhookFailed(f"{where(url)}: {exc.message}") from None

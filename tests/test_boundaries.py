@@ -31,12 +31,12 @@ def imports_of(path: Path) -> set[str]:
     return {name for name in names if name == "app" or name.startswith("app.")}
 
 
-# Who may use the transport: Mavera's connection, and the alerts' webhook POST (which needs the
-# same TLS and proxy handling, and would push app.upstream past its size budget).
-TRANSPORT_USERS = {"app.upstream", "app.webhooks"}
+# Who may use the transport: app.upstream alone (the alerts' webhook POST goes through its
+# `post_once`).
+TRANSPORT_USERS = {"app.upstream"}
 
 
-def test_only_upstream_and_webhooks_know_the_transport() -> None:
+def test_only_upstream_knows_the_transport() -> None:
     """The transport is the package app.http1; outside it, only TRANSPORT_USERS import it."""
     outside = {n: p for n, p in modules().items() if not n.startswith("app.http1")}
     users = {

@@ -6,8 +6,8 @@ LIFO stack, asyncio says when the server closed one, and a connection that finis
 requests wait goes straight to the first of them: taking one is O(1). TLS is verified against the
 system store (OpenSSL honours `SSL_CERT_FILE`), or against `ca_bundle` instead. The proxy is
 chosen as curl and httpx choose it (`proxy.py`). The connection itself, its parser and the
-response are in `connection.py`. This package is the transport: only app/upstream.py (Mavera)
-and app/webhooks.py (alert POSTs) import it.
+response are in `connection.py`. This package is the transport: only app/upstream.py imports it
+(the alert webhooks POST through its `post_once`).
 
 Errors:
 
